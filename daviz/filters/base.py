@@ -22,15 +22,19 @@ def check_ensemble(E: np.ndarray, y: np.ndarray, system: System) -> None:
         raise ValueError(f"observations must have shape ({E.shape[0]}, {system.obs_dim}), got {y.shape}")
 
 
-def per_batch(value, name: str, lower: float, allow_none: bool = False):
+def per_batch(value, name: str, lower: float, allow_none: bool = False, allow_inf: bool = False):
     """Validate a scalar-or-(B,) parameter; returns it as float or float array (None kept if allowed)."""
     if value is None:
         if allow_none:
             return None
         raise ValueError(f"{name} must be given")
-    arr = np.asarray(value, dtype=float)
-    if arr.ndim > 1 or not np.all(np.isfinite(arr)) or np.any(arr < lower):
-        raise ValueError(f"{name} must be a finite number >= {lower} (or one per trajectory), got {value!r}")
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    bad = np.isnan(arr) | (np.isinf(arr) & ~allow_inf) | (arr < lower)
+    if arr.ndim > 1 or np.any(bad):
+        raise ValueError(f"{name} must be a number >= {lower} (or one per trajectory), got {value!r}")
     return float(arr) if arr.ndim == 0 else arr
 
 
@@ -58,13 +62,26 @@ class EnsembleFilter:
         self.system = system
         self.sigma_y = float(sigma_y)
         self.inflation = per_batch(inflation, "inflation", 1.0)
-        self.radius = per_batch(radius, "radius", 0.0, allow_none=True) if self.localizes else None
+        self.radius = per_batch(radius, "radius", 0.0, allow_none=True, allow_inf=True) if self.localizes else None
 
     @property
     def params(self) -> dict:
         """JSON-friendly parameters (inflation, radius) for reports."""
         as_json = lambda v: None if v is None else (v if np.isscalar(v) else np.asarray(v).tolist())
         return {"inflation": as_json(self.inflation), "radius": as_json(self.radius)}
+
+    # The filter's state is its ensemble; the exact Kalman filter overrides these with (mean, cov).
+    def initial_state(self, E0: np.ndarray, prior_mean: np.ndarray, prior_std: float):
+        return E0.copy()
+
+    @staticmethod
+    def mean(state) -> np.ndarray:
+        return state.mean(axis=1)
+
+    @staticmethod
+    def spread(state) -> np.ndarray:
+        """Ensemble standard deviation per component, (B, d)."""
+        return state.std(axis=1, ddof=1)
 
     def forecast(self, E: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         Ef = self.system.step(E)

@@ -1,0 +1,56 @@
+"""ESRF / ETKF: the deterministic ensemble transform with the symmetric square root (Hunt et al. 2007).
+
+Everything is computed in observation space through the eigen-decomposition of the p×p Gram
+matrix G = SᵀS of the scaled observation anomalies S = Y/σ_y (N×p), so a step costs a p×p eigh
+whatever N is. With M = (N−1)I + S Sᵀ (the ensemble-space precision):
+    w̄ = M⁻¹ S δ                      (mean weights, δ = (y − h̄)/σ_y)
+    T = √(N−1) M^(−1/2) = I + S V diag(g) Vᵀ Sᵀ   (symmetric transform)
+with G = V Λ Vᵀ and g(λ) = −1 / (√(N−1+λ) (√(N−1) + √(N−1+λ))), a form without cancellation.
+LETKF reuses this with per-grid-point observation weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import EnsembleFilter, check_ensemble
+
+
+def gram_eigen(S):
+    """Eigen-decomposition of SᵀS for S (..., N, p): returns (S V, V, λ ≥ 0)."""
+    lam, V = np.linalg.eigh(np.swapaxes(S, -1, -2) @ S)
+    return S @ V, V, np.clip(lam, 0.0, None)
+
+
+def inverse_sqrt_factor(a, lam):
+    """g(λ) with √a (a I + S Sᵀ)^(−1/2) = I + S V diag(g) Vᵀ Sᵀ, free of cancellation at small λ."""
+    return -1.0 / (np.sqrt(a + lam) * (np.sqrt(a) + np.sqrt(a + lam)))
+
+
+def transform_analysis(A, S, delta):
+    """Analysis anomalies+mean increment for anomalies A (..., N, m), scaled obs anomalies S (..., N, p)
+    and scaled innovation delta (..., p). Returns (..., N, m): (w̄ + T) applied to A, i.e. the
+    analysis ensemble minus the forecast mean.
+    """
+    N = S.shape[-2]
+    a = N - 1.0
+    SV, V, lam = gram_eigen(S)  # SV: (..., N, p)
+    g = inverse_sqrt_factor(a, lam)
+    w_mean = SV @ ((np.swapaxes(V, -1, -2) @ delta[..., None])[..., 0] / (a + lam))[..., None]  # (..., N, 1)
+    SVt_A = np.swapaxes(SV, -1, -2) @ A  # (..., p, m)
+    TA = A + SV @ (g[..., None] * SVt_A)
+    return TA + np.swapaxes(w_mean, -1, -2) @ A
+
+
+class ESRF(EnsembleFilter):
+    """Ensemble square root filter in its ETKF form (symmetric square root), no localization."""
+
+    name = "esrf"
+
+    def analysis(self, E, y, rng):
+        check_ensemble(E, y, self.system)
+        mean = E.mean(axis=1, keepdims=True)
+        Hx = E[..., self.system.obs_idx]
+        h_mean = Hx.mean(axis=1)
+        S = (Hx - h_mean[:, None, :]) / self.sigma_y
+        delta = (y - h_mean) / self.sigma_y
+        return mean + transform_analysis(E - mean, S, delta)

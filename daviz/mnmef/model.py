@@ -1,0 +1,144 @@
+"""MNMEF analysis map (paper §4.2): EnKF-shaped gain with learned corrections, inflation and localization.
+
+One analysis, for a forecast ensemble v (B, N, d), observations y (B, p) and perturbations r (B, N, p):
+    f_v  = SetTransformer([v, h(v)])                                (4.25)
+    w, z = F_gain(v, h(v), y, f_v)                                  (4.28)
+    V    = v - mean v + w ;  Y = h(v) - mean h(v) + z
+    K1   = (Vᵀ Y / c) ∘ L1 ;  K2 = (Yᵀ Y / c) ∘ L2 + Γ ;  K = K1 K2⁻¹  (4.27, 4.34; solve, no inverse)
+    v_a  = base + (y - h(v) - r) Kᵀ,  clamped to ±clamp               (4.26a, App. C.4)
+with L1[i, j] = g(dist(i, obs_j)), L2 = g(dist(obs_i, obs_j)), g = F_loc(f_v) on unique periodic distances.
+
+Paper-vs-code switches (ModelConfig), defaults in brackets:
+  feature_dim  [64]       paper Table C.7: 64; authors' code: 128 (128 reproduces Table 5's 341,551 exactly).
+  loc_activation ["sigmoid"] code: 2·sigmoid (independent weights in [0, 2]); paper Remark 14: 2·softmax.
+  inflation_at ["forecast"] code: base = v + F_infl(v, f_v) on the forecast; paper Alg. 1: base = v,
+                             then v_a += F_infl(v_a, f_v) after the analysis.
+  cov_divisor  ["N-1"]    code (Γ·(N−1) ≡ dividing by N−1, as the EnKF does); paper eq. (4.27): 1/N.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..systems import System
+from .set_transformer import SetTransformer
+
+
+@dataclass
+class ModelConfig:
+    feature_dim: int = 64
+    width: int = 64          # set-transformer latent width (Table C.7)
+    heads: int = 8
+    seeds: int = 16
+    head_width: int = 64     # MLP heads: Linear(in, 64)+ReLU, 2 × [Linear(64, 64)+ReLU], Linear(64, out)
+    loc_activation: str = "sigmoid"
+    inflation_at: str = "forecast"
+    cov_divisor: str = "N-1"
+
+    def __post_init__(self):
+        for key, allowed in (("loc_activation", ("sigmoid", "softmax")), ("inflation_at", ("forecast", "analysis")),
+                             ("cov_divisor", ("N-1", "N"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mlp(n_in: int, n_out: int, width: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, width), nn.ReLU(), nn.Linear(width, n_out))
+
+
+def distance_lookup(system: System):
+    """Unique periodic distances and the index of each (state, obs) and (obs, obs) pair among them."""
+    if system.distances is None:
+        return None, None, None
+    dist = system.distances
+    unique, inverse = np.unique(dist, return_inverse=True)
+    inverse = inverse.reshape(dist.shape)
+    obs = system.obs_idx
+    return unique, inverse[:, obs], inverse[np.ix_(obs, obs)]
+
+
+class MNMEF(nn.Module):
+    """The learned analysis map; `forward(v, y, r)` returns (analysis ensemble, localization weights or None)."""
+
+    def __init__(self, system: System, sigma_y: float, config: ModelConfig | None = None):
+        super().__init__()
+        self.system, self.sigma_y = system, float(sigma_y)
+        self.config = config = config or ModelConfig()
+        d, p, f, w = system.dim, system.obs_dim, config.feature_dim, config.head_width
+        self.set_transformer = SetTransformer(d + p, f, config.width, config.heads, config.seeds)
+        self.gain = mlp(d + 2 * p + f, d + p, w)
+        self.inflation = mlp(d + f, d, w)
+        unique, idx_vh, idx_hh = distance_lookup(system)
+        self.unique_distances = unique
+        self.localization = mlp(f, len(unique), w) if unique is not None else None
+        self.register_buffer("obs_idx", torch.as_tensor(system.obs_idx, dtype=torch.long), persistent=False)
+        if unique is not None:
+            self.register_buffer("idx_vh", torch.as_tensor(idx_vh, dtype=torch.long), persistent=False)
+            self.register_buffer("idx_hh", torch.as_tensor(idx_hh, dtype=torch.long), persistent=False)
+
+    def head_parameters(self):
+        """Parameters fine-tuned for a new N (paper §4.4): gain, inflation, localization."""
+        heads = [self.gain, self.inflation] + ([self.localization] if self.localization is not None else [])
+        return [q for m in heads for q in m.parameters()]
+
+    def localization_weights(self, f_v):
+        """(B, n_unique) values of g_θ in [0, 2], or None where localization is off."""
+        if self.localization is None:
+            return None
+        out = self.localization(f_v)
+        if self.config.loc_activation == "softmax":
+            return 2 * torch.softmax(out, dim=-1)
+        return 2 * torch.sigmoid(out)
+
+    def forward(self, v, y, r, loc_override=None):
+        """v (B, N, d) forecast, y (B, p), r (B, N, p) centred obs perturbations.
+
+        `loc_override` (B, n_unique) replaces g_θ (tests use ones to recover the plain EnKF).
+        """
+        B, N, d = v.shape
+        p = y.shape[-1]
+        hv = v[..., self.obs_idx]
+        f_v = self.set_transformer(torch.cat([v, hv], -1))
+        f_n = f_v[:, None, :].expand(B, N, f_v.shape[-1])
+        wz = self.gain(torch.cat([v, hv, y[:, None, :].expand(B, N, p), f_n], -1))
+        V = v - v.mean(1, keepdim=True) + wz[..., :d]
+        Y = hv - hv.mean(1, keepdim=True) + wz[..., d:]
+        c = N - 1 if self.config.cov_divisor == "N-1" else N
+        K1 = V.transpose(1, 2) @ Y / c            # (B, d, p)
+        K2 = Y.transpose(1, 2) @ Y / c            # (B, p, p)
+        g = self.localization_weights(f_v) if loc_override is None else loc_override
+        if g is not None:
+            K1 = K1 * g[:, self.idx_vh]
+            K2 = K2 * g[:, self.idx_hh]
+        K2 = K2 + self.sigma_y**2 * torch.eye(p, dtype=v.dtype, device=v.device)
+        innovation = y[:, None, :] - hv - r        # (B, N, p)
+        X = torch.linalg.solve(K2, innovation.transpose(1, 2))  # K2 symmetric: K2⁻¹ δ for every member
+        update = (K1 @ X).transpose(1, 2)
+        if self.config.inflation_at == "forecast":
+            va = v + self.inflation(torch.cat([v, f_n], -1)) + update
+        else:
+            va = v + update
+            va = va + self.inflation(torch.cat([va, f_n], -1))
+        clamp = self.system.clamp
+        return va.clamp(-clamp, clamp), g
+
+
+def obs_perturbations(shape, sigma_y: float, generator=None, dtype=torch.float32, device="cpu"):
+    """Torch twin of the engine's `observation_perturbations`: centred over members, rescaled by √(N/(N−1))."""
+    B, N, p = shape
+    r = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    r = r - r.mean(1, keepdim=True)
+    return sigma_y * (N / (N - 1)) ** 0.5 * r
+
+
+def parameter_counts(model: MNMEF) -> dict:
+    total = sum(q.numel() for q in model.parameters())
+    heads = sum(q.numel() for q in model.head_parameters())
+    return {"total": total, "heads": heads, "set_transformer": total - heads}
