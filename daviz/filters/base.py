@@ -38,6 +38,18 @@ def per_batch(value, name: str, lower: float, allow_none: bool = False, allow_in
     return float(arr) if arr.ndim == 0 else arr
 
 
+def finite_or_identity(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Replace batch items of M (..., k, k) holding non-finite values by the identity.
+
+    LAPACK gufuncs fail the whole batch on one bad item; this keeps one diverging trajectory from
+    taking down the others. Returns (safe M, mask of bad items); callers set those results to NaN.
+    """
+    bad = ~np.isfinite(M).all(axis=(-1, -2))
+    if bad.any():
+        M = np.where(bad[..., None, None], np.eye(M.shape[-1]), M)
+    return M, bad
+
+
 def inflate(E: np.ndarray, inflation) -> np.ndarray:
     """Multiplicative inflation of anomalies, v <- v + (alpha-1)(v - mean) (paper eq. 4.29 / C.8)."""
     if np.isscalar(inflation) and inflation == 1.0:

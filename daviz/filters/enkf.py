@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import EnsembleFilter, check_ensemble
+from .base import EnsembleFilter, check_ensemble, finite_or_identity
 from .localization import covariance_localization
 
 
@@ -35,10 +35,11 @@ def perturbed_obs_analysis(E, y, obs_idx, sigma_y, D, loc_vh=None, loc_hh=None):
     if loc_vh is not None:
         C_vh = C_vh * loc_vh
         C_hh = C_hh * loc_hh
-    S = C_hh + sigma_y**2 * np.eye(len(obs_idx))
+    S, bad = finite_or_identity(C_hh + sigma_y**2 * np.eye(len(obs_idx)))
     innovations = y[:, None, :] - Hx - D  # (B, N, p)
     # K δ = C_vh S⁻¹ δ: solve S X = δᵀ for all members at once (S symmetric positive definite).
     X = np.linalg.solve(S, np.swapaxes(innovations, 1, 2))  # (B, p, N)
+    X[bad] = np.nan  # a diverged trajectory stays non-finite and is flagged by the caller
     return E + np.swapaxes(C_vh @ X, 1, 2)
 
 

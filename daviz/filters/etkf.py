@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import EnsembleFilter, check_ensemble
+from .base import EnsembleFilter, check_ensemble, finite_or_identity
 
 
 def gram_eigen(S):
-    """Eigen-decomposition of SᵀS for S (..., N, p): returns (S V, V, λ ≥ 0)."""
-    lam, V = np.linalg.eigh(np.swapaxes(S, -1, -2) @ S)
-    return S @ V, V, np.clip(lam, 0.0, None)
+    """Eigen-decomposition of SᵀS for S (..., N, p): returns (S V, V, λ ≥ 0); NaN for non-finite items."""
+    G, bad = finite_or_identity(np.swapaxes(S, -1, -2) @ S)
+    lam, V = np.linalg.eigh(G)
+    lam = np.where(bad[..., None], np.nan, np.clip(lam, 0.0, None))
+    return S @ V, V, lam
 
 
 def inverse_sqrt_factor(a, lam):

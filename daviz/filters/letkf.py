@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import EnsembleFilter, check_ensemble
-from .etkf import transform_analysis
+from .etkf import ESRF, transform_analysis
 from .localization import gaspari_cohn, state_obs_distances
 
 
@@ -30,6 +30,8 @@ class LETKF(EnsembleFilter):
     localizes = True
 
     def analysis(self, E, y, rng):
+        if self.radius is None or not self.system.periodic:
+            return ESRF.analysis(self, E, y, rng)  # no localization: LETKF is the global ETKF
         check_ensemble(E, y, self.system)
         B = E.shape[0]
         idx, rho = local_observations(self.system, self.radius, B)

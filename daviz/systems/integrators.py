@@ -42,6 +42,19 @@ def etdrk4_coefficients(linear: tuple, h: float, contour_points: int = 64):
     return E, E2, Q, f1, f2, f3
 
 
+def etdrk4_step(v, nonlinear, c: dict):
+    """One ETDRK4 step (Cox & Matthews 2002) of v' = L v + N(v) for diagonal L, given the
+    coefficients c = {E, E2, Q, f1, f2, f3} of `etdrk4_coefficients` (as arrays like v)."""
+    Nv = nonlinear(v)
+    a = c["E2"] * v + c["Q"] * Nv
+    Na = nonlinear(a)
+    b = c["E2"] * v + c["Q"] * Na
+    Nb = nonlinear(b)
+    cc = c["E2"] * a + c["Q"] * (2 * Nb - Nv)
+    Nc = nonlinear(cc)
+    return c["E"] * v + Nv * c["f1"] + 2 * (Na + Nb) * c["f2"] + Nc * c["f3"]
+
+
 class ConstantCache:
     """Numpy constants converted once per (namespace, dtype, device) and reused."""
 

@@ -13,7 +13,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from .base import System
-from .integrators import ConstantCache, etdrk4_coefficients
+from .integrators import ConstantCache, etdrk4_coefficients, etdrk4_step
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,14 +40,7 @@ class KuramotoSivashinsky(System):
 
         v = xp.fft.rfft(x, axis=-1)
         for _ in range(self.substeps):
-            Nv = nonlinear(v)
-            a = c["E2"] * v + c["Q"] * Nv
-            Na = nonlinear(a)
-            b = c["E2"] * v + c["Q"] * Na
-            Nb = nonlinear(b)
-            cc = c["E2"] * a + c["Q"] * (2 * Nb - Nv)
-            Nc = nonlinear(cc)
-            v = c["E"] * v + Nv * c["f1"] + 2 * (Na + Nb) * c["f2"] + Nc * c["f3"]
+            v = etdrk4_step(v, nonlinear, c)
         return xp.fft.irfft(v, n=n, axis=-1)
 
     def burn_in_start(self, rng, batch):

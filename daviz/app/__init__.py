@@ -1,0 +1,1 @@
+"""The interactive explorer (`panel serve app.py`): state, plots and layout."""

@@ -1,0 +1,102 @@
+"""`daviz train` and `daviz finetune` subcommands; `register(subparsers)` is called by daviz/cli.py.
+
+Also runnable alone: `python -m daviz.mnmef.commands train --system l96 ...` (and under torchrun).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from .train import TABLE_C8, TrainConfig, finetune_config, train
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, help="epochs (pretrain default 1000, fine-tune 20)")
+    p.add_argument("--trajectories", type=int, help="training windows per epoch (8192; fine-tune: half)")
+    p.add_argument("--cycles", type=int, help="assimilation cycles per window (60)")
+    p.add_argument("--batch-size", type=int, help="Table C.8: l96 512, ks 256, l63 1024")
+    p.add_argument("--lr", type=float, help="Table C.8: 1e-3 (ks 5e-4); fine-tune: a tenth")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (0, as the authors' code)")
+    p.add_argument("--lr-milestones", type=float, nargs="*", help="fractions of the epochs where the LR halves (0.2 0.3 0.4)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--note", default=None, help="recipe note recorded in the metadata")
+    p.add_argument("--out", required=True, help="training checkpoint to write (a .json sidecar goes beside it)")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:0, ...")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _overrides(a) -> dict:
+    keys = ("epochs", "trajectories", "cycles", "batch_size", "lr", "weight_decay", "seed")
+    kw = {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
+    if a.lr_milestones is not None:
+        kw["lr_milestones"] = tuple(a.lr_milestones)
+    if a.note:
+        kw["recipe_note"] = a.note
+    return kw
+
+
+def _run(cfg: TrainConfig, a) -> int:
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    meta = train(cfg, a.out, resume=a.resume, device=a.device, checkpoint_minutes=a.checkpoint_minutes,
+                 progress=not a.no_progress)
+    print(json.dumps({k: meta[k] for k in ("system", "sigma_y", "N", "stage", "progress", "training_seconds")}))
+    return 0
+
+
+def cmd_train(a) -> int:
+    model = {"feature_dim": a.feature_dim, "loc_activation": a.loc_activation, "inflation_at": a.inflation_at,
+             "cov_divisor": a.cov_divisor}
+    cfg = TrainConfig(system=a.system, sigma_y=a.sigma_y, N=a.N, model=model, grad_window=a.grad_window, **_overrides(a))
+    return _run(cfg, a)
+
+
+def cmd_finetune(a) -> int:
+    return _run(finetune_config(getattr(a, "from"), a.N, **_overrides(a)), a)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="pretrain MNMEF on synthetic trajectories (paper §4.3)")
+    p.add_argument("--system", required=True, choices=sorted(TABLE_C8))
+    p.add_argument("--sigma-y", type=float, required=True)
+    p.add_argument("--N", type=int, default=10)
+    p.add_argument("--feature-dim", type=int, default=64, help="f_v width: 64 (paper Table C.7) or 128 (authors' code)")
+    p.add_argument("--loc-activation", choices=("sigmoid", "softmax"), default="sigmoid")
+    p.add_argument("--inflation-at", choices=("forecast", "analysis"), default="forecast")
+    p.add_argument("--cov-divisor", choices=("N-1", "N"), default="N-1")
+    p.add_argument("--grad-window", type=int, default=1, help="detach the ensemble every this many cycles")
+    _common(p)
+    p.set_defaults(func=cmd_train, run=cmd_train)
+    f = subparsers.add_parser("finetune", help="fine-tune the MNMEF heads for another ensemble size (paper §4.4)")
+    f.add_argument("--from", required=True, help="pretrained checkpoint")
+    f.add_argument("--N", type=int, required=True)
+    _common(f)
+    f.set_defaults(func=cmd_finetune, run=cmd_finetune)
+
+
+def cmd_export(a) -> int:
+    from .checkpoint import export_weights
+    export_weights(getattr(a, "from"), a.out)
+    print(f"wrote {a.out} and its .json sidecar")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m daviz.mnmef.commands")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    e = sub.add_parser("export", help="ship a training checkpoint as weights only (pretrained/...)")
+    e.add_argument("--from", required=True)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_export)
+    a = parser.parse_args(argv)
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

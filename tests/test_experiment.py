@@ -1,0 +1,131 @@
+"""The twin experiment, metrics, tuning tables and the command line."""
+import json
+
+import numpy as np
+import pytest
+
+from daviz import cli
+from daviz.experiment import TwinExperiment
+from daviz.filters import make_filter
+from daviz.metrics import average_rrmse, relative_improvement, rrmse, rrmse_std
+from daviz.seeding import stream
+from daviz.tuning import save_tuned, sweep, tuned_params
+
+
+def l96_filters(*names, **kw):
+    return {n: make_filter(n, "l96", 1.0, inflation=1.05, radius=2.0) for n in names}
+
+
+def test_rrmse_is_eq_5_2():
+    truth = np.ones((3, 1, 4))  # ‖v†‖ = 2 at each of 3 times
+    est = truth + np.array([0.0, 1.0, 2.0])[:, None, None] / 2  # errors 0, 1, 2
+    assert rrmse(est, truth)[0] == pytest.approx(3 / 6)
+    assert average_rrmse([0.1, 0.3, np.nan]) == pytest.approx(0.2)
+    assert rrmse_std([0.1, 0.3]) == pytest.approx(0.1)
+    assert relative_improvement(0.2, 0.15) == pytest.approx(0.25)
+
+
+def test_running_rrmse_matches_the_metric():
+    exp = TwinExperiment("l96", 1.0, 10, l96_filters("esrf"), trajectories=3, seed=2)
+    means, truths = [], []
+    for _ in range(20):
+        exp.step()
+        means.append(exp.mean("esrf"))
+        truths.append(exp.truth)
+    assert np.allclose(exp.running_rrmse()["esrf"], rrmse(np.array(means), np.array(truths)))
+
+
+def test_seeds_are_reproducible_and_streams_independent():
+    a = TwinExperiment("l96", 1.0, 10, l96_filters("enkf", "letkf"), trajectories=2, seed=5)
+    b = TwinExperiment("l96", 1.0, 10, l96_filters("enkf", "letkf"), trajectories=2, seed=5)
+    c = TwinExperiment("l96", 1.0, 10, l96_filters("letkf"), trajectories=2, seed=5)  # one filter fewer
+    for _ in range(10):
+        for e in (a, b, c):
+            e.step()
+    assert np.array_equal(a.states["enkf"], b.states["enkf"])  # bit-identical
+    assert np.array_equal(a.truth, c.truth) and np.array_equal(a.observation, c.observation)
+    assert np.array_equal(a.states["letkf"], c.states["letkf"])  # the EnKF's noise did not leak
+    d = TwinExperiment("l96", 1.0, 10, {}, trajectories=2, seed=5, purpose="tune")
+    assert not np.allclose(d.truth, a.truth)  # tuning trajectories differ from test ones
+    assert not np.array_equal(stream(5, "test", "truth").random(4), stream(5, "tune", "truth").random(4))
+
+
+def test_replicas_share_truth_and_observations():
+    exp = TwinExperiment("l96", 1.0, 5, {}, trajectories=2, seed=0, replicas=3)
+    exp.step()
+    assert exp.truth.shape == (6, 40)
+    assert np.array_equal(exp.truth[:2], exp.truth[4:]) and np.array_equal(exp.observation[:2], exp.observation[2:4])
+
+
+def test_divergence_is_flagged_and_the_rest_goes_on():
+    exp = TwinExperiment("l96", 1.0, 10, l96_filters("enkf", "esrf"), trajectories=3, seed=0)
+    exp.step()
+    exp.states["esrf"][1] = np.nan  # trajectory 1 of the ESRF blows up
+    for _ in range(5):
+        exp.step()
+    assert exp.diverged["esrf"].tolist() == [False, True, False]
+    assert not exp.diverged["enkf"].any()
+    rr = exp.running_rrmse()
+    assert np.isnan(rr["esrf"][1]) and np.isfinite(rr["esrf"][[0, 2]]).all() and np.isfinite(rr["enkf"]).all()
+    assert np.isfinite(exp.states["esrf"]).all()  # frozen at a finite value, the batch keeps running
+
+
+def test_a_filter_that_explodes_does_not_crash_the_run():
+    # No inflation, no localization, N=5 on L96 with huge initial spread: the ensemble runs away.
+    f = {"esrf": make_filter("esrf", "l96", 1.0), "big": make_filter("esrf", "l96", 1.0, inflation=50.0)}
+    exp = TwinExperiment("l96", 1.0, 5, f, trajectories=2, seed=0)
+    exp.run(30)
+    assert exp.diverged["big"].all() and not exp.diverged["esrf"].all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sigma_y=0.0), "sigma_y"), (dict(N=1), "N=1"), (dict(trajectories=0), "trajectories"),
+    (dict(system="l99"), "l99"),
+])
+def test_bad_experiment_arguments(kwargs, match):
+    args = dict(system="l96", sigma_y=1.0, N=10, filters={}, trajectories=1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        TwinExperiment(**args)
+
+
+def test_sweep_finds_the_best_grid_point():
+    points = [(1.0, 2.0), (1.1, 2.0), (3.0, 2.0)]  # inflation 3 is absurd
+    res = sweep("l96", "letkf", 10, 1.0, trajectories=2, cycles=30, workers=2, points=points)
+    assert res["best"] != (3.0, 2.0) and res["best_score"] == min(res["scores"])
+    # The batched sweep scores each point as a standalone run on the tuning trajectories would.
+    f = make_filter("letkf", "l96", 1.0, inflation=points[1][0], radius=points[1][1])
+    alone = TwinExperiment("l96", 1.0, 10, {"letkf": f}, trajectories=2, purpose="tune").run(30)["letkf"]
+    assert res["scores"][1] == pytest.approx(np.mean(alone), rel=0.2)
+
+
+def test_tuned_table_lookup(tmp_path):
+    save_tuned("l96", "letkf", 10, 1.0, 1.1, 2.0, 0.4, {}, directory=tmp_path)
+    save_tuned("l96", "letkf", 40, 1.0, 1.02, 4.0, 0.3, {}, directory=tmp_path)
+    assert tuned_params("l96", "letkf", 12, 0.9, directory=tmp_path)["radius"] == 2.0
+    assert tuned_params("l96", "letkf", 100, 1.0, directory=tmp_path)["inflation"] == 1.02
+    assert tuned_params("ks", "letkf", 10, 1.0, directory=tmp_path)["source"].startswith("default")
+    assert tuned_params("l63", "letkf", 10, 1.0, directory=tmp_path)["radius"] is None
+
+
+def test_cli_evaluate_writes_json(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    code = cli.main(["evaluate", "--system", "l63", "--filters", "enkf,esrf", "--N", "5", "--trajectories", "2",
+                     "--cycles", "20", "--json", str(out), "--quiet"])
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert {r["filter"] for r in rows} == {"enkf", "esrf"}
+    keys = {"system", "filter", "N", "sigma_y", "trajectories", "cycles", "rrmse_mean", "rrmse_std", "diverged",
+            "params", "seconds"}
+    assert all(keys <= set(r) for r in rows) and all(0 < r["rrmse_mean"] < 1 for r in rows)
+    assert "R-RMSE" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_input(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--N", "1"])
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--filters", "kalmann"])
+    assert cli.main(["evaluate", "--system", "l96", "--N", "5", "--trajectories", "1", "--cycles", "2",
+                     "--filters", "esrf", "--inflation", "0.5", "--quiet"]) == 2
+    assert "inflation" in capsys.readouterr().err
