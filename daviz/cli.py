@@ -12,7 +12,7 @@ from .experiment import TwinExperiment
 from .filters import FILTER_NAMES, make_filter
 from .metrics import average_rrmse, rrmse_std
 from .systems import SYSTEM_NAMES, get_system
-from .tuning import grid_for, save_tuned, sweep, tuned_params
+from .tuning import grid_for, is_tuned, save_tuned, sweep, tuned_params
 
 PAPER_N = (5, 10, 15, 20, 40, 60, 100)
 MNMEF_VARIANTS = {"mnmef": "auto", "mnmef-pretrained": "pretrained", "mnmef-finetuned": "finetuned"}
@@ -105,6 +105,8 @@ def print_table(rows: list[dict]) -> None:
 def cmd_tune(args) -> None:
     for sigma_y in args.sigma_y:
         for N in args.N:
+            if args.skip_existing and is_tuned(args.system, args.filter, N, sigma_y):
+                continue
             points = grid_for(args.system, args.filter, args.inflations, args.radii)
             start = time.perf_counter()
             res = sweep(args.system, args.filter, N, sigma_y, trajectories=args.trajectories,
@@ -164,6 +166,7 @@ def parser() -> argparse.ArgumentParser:
     tu.add_argument("--radii", type=float_list)
     tu.add_argument("--workers", type=int, help="processes (default: all cores)")
     tu.add_argument("--dry-run", action="store_true", help="print the optimum without writing the table")
+    tu.add_argument("--skip-existing", action="store_true", help="leave (N, sigma_y) already in the table alone")
     tu.set_defaults(run=cmd_tune)
 
     si = sub.add_parser("simulate", help="write truth and observations of test trajectories to .npz")

@@ -74,6 +74,11 @@ def table_path(system_name: str, filter_name: str, directory: Path = TUNED_DIR) 
     return Path(directory) / f"{system_name}_{filter_name}.json"
 
 
+def is_tuned(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR) -> bool:
+    path = table_path(system_name, filter_name, directory)
+    return path.exists() and str(int(N)) in json.loads(path.read_text()).get(f"{float(sigma_y)}", {})
+
+
 def save_tuned(system_name, filter_name, N, sigma_y, inflation, radius, rrmse, meta: dict,
                directory: Path = TUNED_DIR) -> Path:
     path = table_path(system_name, filter_name, directory)

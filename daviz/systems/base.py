@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .integrators import rk4_step
+
 
 def periodic_index_distances(dim: int) -> np.ndarray:
     """(dim, dim) matrix of min(|i-j|, dim-|i-j|): distances on a ring of grid points."""
@@ -72,3 +74,17 @@ class System:
             if n < lengths.max():
                 x = self.step(x)
         return out
+
+
+@dataclass(frozen=True, eq=False)
+class ODESystem(System):
+    """A system given by dx/dt = rhs(x), integrated with `substeps` RK4 steps per observation interval."""
+
+    def rhs(self, x):
+        raise NotImplementedError
+
+    def step(self, x):
+        h = self.dt_obs / self.substeps
+        for _ in range(self.substeps):
+            x = rk4_step(self.rhs, x, h)
+        return x

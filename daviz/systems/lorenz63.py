@@ -6,12 +6,11 @@ from dataclasses import dataclass
 import numpy as np
 from array_api_compat import array_namespace
 
-from .base import System
-from .integrators import rk4_step
+from .base import ODESystem
 
 
 @dataclass(frozen=True, eq=False)
-class Lorenz63(System):
+class Lorenz63(ODESystem):
     sigma: float = 10.0
     rho: float = 28.0
     beta: float = 8.0 / 3.0
@@ -22,12 +21,6 @@ class Lorenz63(System):
         return xp.stack(
             [self.sigma * (y - x), x * (self.rho - z) - y, x * y - self.beta * z], axis=-1
         )
-
-    def step(self, x):
-        h = self.dt_obs / self.substeps
-        for _ in range(self.substeps):
-            x = rk4_step(self.rhs, x, h)
-        return x
 
     def burn_in_start(self, rng, batch):
         return rng.normal(0.0, 1.0, size=(batch, 3))

@@ -6,23 +6,16 @@ from dataclasses import dataclass
 import numpy as np
 from array_api_compat import array_namespace
 
-from .base import System
-from .integrators import rk4_step
+from .base import ODESystem
 
 
 @dataclass(frozen=True, eq=False)
-class Lorenz96(System):
+class Lorenz96(ODESystem):
     forcing: float = 8.0
 
     def rhs(self, x):
         xp = array_namespace(x)
         return (xp.roll(x, -1, axis=-1) - xp.roll(x, 2, axis=-1)) * xp.roll(x, 1, axis=-1) - x + self.forcing
-
-    def step(self, x):
-        h = self.dt_obs / self.substeps
-        for _ in range(self.substeps):
-            x = rk4_step(self.rhs, x, h)
-        return x
 
     def burn_in_start(self, rng, batch):
         return rng.normal(5.0, 1.0, size=(batch, self.dim))
