@@ -86,6 +86,18 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_record_eval(a) -> int:
+    """Copy `daviz evaluate --json` rows into the sidecar of shipped weights, with the command used."""
+    from .checkpoint import record_evaluation
+    rows = json.load(open(a.json))
+    key = f"N={a.N}" if a.N else "all"
+    record_evaluation(a.weights, {key: {"command": a.command, "purpose": "test", "results": [
+        {k: r[k] for k in ("filter", "N", "sigma_y", "trajectories", "cycles", "rrmse_mean", "rrmse_std", "diverged", "seconds")}
+        for r in rows if not a.N or r["N"] == a.N]}})
+    print(f"recorded {a.json} in the sidecar of {a.weights}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m daviz.mnmef.commands")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +106,12 @@ def main(argv=None) -> int:
     e.add_argument("--from", required=True)
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_export)
+    r = sub.add_parser("record-eval", help="store `daviz evaluate --json` figures in a weights sidecar")
+    r.add_argument("--weights", required=True)
+    r.add_argument("--json", required=True)
+    r.add_argument("--command", required=True, help="the evaluate command line that produced the JSON")
+    r.add_argument("--N", type=int, help="keep only rows at this N")
+    r.set_defaults(func=cmd_record_eval)
     a = parser.parse_args(argv)
     return a.func(a)
 

@@ -191,6 +191,7 @@ def _train(cfg, out, resume, device, checkpoint_minutes, progress, stop_after_ba
             "recipe_note": cfg.recipe_note, "seeds": {"seed": cfg.seed, "streams": "daviz.seeding purpose 'train'"},
             "progress": {"epoch": epoch, "batch": batch, "finished": final},
             "loss_history": history[-2000:], "training_seconds": round(elapsed, 1),
+            "saved_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "hardware": ckpt.hardware(dev), "world_size": world, "code_version": ckpt.code_version(), **extra,
         }
 
