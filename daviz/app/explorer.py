@@ -58,19 +58,20 @@ class Explorer(pn.viewable.Viewer):
         self.w_system = W.Select.from_param(p.system, sizing_mode="stretch_width")
         self.w_preset = W.Select.from_param(p.preset, sizing_mode="stretch_width")
         self.w_N = W.IntSlider.from_param(p.N, sizing_mode="stretch_width")
-        self.w_sigma = W.FloatInput.from_param(p.sigma_y, step=0.1, sizing_mode="stretch_width")
+        self.w_sigma = W.FloatInput.from_param(p.sigma_y, step=0.1, start=0.05, end=10.0,
+                                             sizing_mode="stretch_width")
         self.w_seed = W.IntInput.from_param(p.seed, sizing_mode="stretch_width")
-        self.w_loc = W.RadioButtonGroup.from_param(p.localization, button_type="default", sizing_mode="stretch_width")
+        self.w_loc = W.RadioButtonGroup.from_param(p.localization, sizing_mode="stretch_width")
         self.w_radius = W.FloatSlider.from_param(p.radius, sizing_mode="stretch_width")
         self.w_infl_mode = W.RadioButtonGroup.from_param(p.inflation_mode, sizing_mode="stretch_width")
         self.w_infl = W.FloatSlider.from_param(p.inflation, sizing_mode="stretch_width")
         self.w_filters = W.CheckBoxGroup.from_param(p.filters, inline=False)
         self.w_speed = W.IntSlider.from_param(p.speed, sizing_mode="stretch_width")
         self.w_component = W.IntSlider.from_param(p.component, sizing_mode="stretch_width")
-        self.b_play = W.Button(name="Play", button_type="primary", width=58, margin=(5, 3))
-        self.b_pause = W.Button(name="Pause", button_type="default", width=58, margin=(5, 3))
-        self.b_step = W.Button(name="Step", button_type="default", width=58, margin=(5, 3))
-        self.b_reset = W.Button(name="Reset", button_type="warning", width=58, margin=(5, 3))
+        self.b_play = W.Button(label="Play", color="primary", width=58, margin=(5, 3))
+        self.b_pause = W.Button(label="Pause", color="default", width=58, margin=(5, 3))
+        self.b_step = W.Button(label="Step", color="default", width=58, margin=(5, 3))
+        self.b_reset = W.Button(label="Reset", color="warning", width=58, margin=(5, 3))
         self.b_play.on_click(lambda e: self.state.play())
         self.b_pause.on_click(lambda e: self.state.pause())
         self.b_step.on_click(self._on_step)
@@ -126,7 +127,9 @@ class Explorer(pn.viewable.Viewer):
 
     def _status_html(self) -> str:
         st = self.state
-        parts = [f"<b>cycle <span id='daviz-cycle'>{st.cycle}</span></b>",
+        title = st.built_system.title if st.built_for else st.sys.title
+        parts = [f"<b>{html.escape(title)}</b>, N={st.experiment.N if st.experiment else st.N}",
+                 f"<b>cycle <span id='daviz-cycle'>{st.cycle}</span></b>",
                  f"{st.cycles_per_second:.1f} cycles/s" if st.playing else "paused"]
         rr, dead = st.current_rrmse(), st.diverged()
         for s in st.runs:
@@ -137,7 +140,7 @@ class Explorer(pn.viewable.Viewer):
             else:
                 v = rr.get(s.label, np.nan)
                 parts.append(f"{name} {'–' if not np.isfinite(v) else f'{v:.3f}'}")
-        return " &nbsp;·&nbsp; ".join(parts)
+        return "<span id='daviz-status'>" + " &nbsp;·&nbsp; ".join(parts) + "</span>"
 
     async def _tick(self):
         if self._ticking or self.state.closed:
@@ -215,9 +218,42 @@ class Explorer(pn.viewable.Viewer):
         return pn.Column(pn.Row(pn.Column(*self.sidebar(), width=300), pn.Column(*self.main())))
 
 
+URL_PARAMS = {"system": str, "N": int, "sigma_y": float, "seed": int, "speed": int, "preset": str,
+              "filters": lambda v: [f.strip() for f in v.split(",") if f.strip()]}
+
+
+def url_settings() -> tuple[dict, str]:
+    """Settings from the page's query string (e.g. `?system=ks&N=10&speed=30&filters=EnKF,LETKF`).
+
+    Returns (params, problem): unusable values are dropped and named in `problem`, never raised.
+    """
+    args = getattr(pn.state, "session_args", None) or {}
+    params, bad = {}, []
+    for key, conv in URL_PARAMS.items():
+        if key not in args:
+            continue
+        raw = args[key][0].decode() if isinstance(args[key][0], bytes) else str(args[key][0])
+        try:
+            value = conv(raw)
+            if key == "system":
+                from .state import SYSTEMS
+                value = SYSTEMS.get(value, value)
+            ExplorerState.param[key]._validate(value)
+            params[key] = value
+        except Exception:
+            bad.append(f"{key}={raw}")
+    return params, ("ignored URL settings: " + ", ".join(bad)) if bad else ""
+
+
 def create_app(**params):
-    """A new explorer for the current session, its tick started, laid out in the template."""
-    explorer = Explorer(**params)
+    """A new explorer for the current session, its tick started, laid out in the template.
+
+    Keyword arguments and the page's query string (see `url_settings`) set the initial state.
+    """
+    from_url, problem = url_settings()
+    explorer = Explorer(**{**from_url, **params})
+    if problem:
+        explorer.state.message = problem
     explorer.start()
     template = explorer.template()
     template.explorer = explorer  # handy for debugging: pn.state.cache is not used for sessions

@@ -9,7 +9,6 @@ place so the truth and the ensembles carry on.
 """
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections import deque
@@ -58,46 +57,41 @@ RADIUS_BOUNDS = {"l63": (0.5, 10.0), "l96": (0.5, 20.0), "ks": (0.5, 40.0)}
 
 
 # ----------------------------------------------------------------------------------------------
-# MNMEF weights: loaded once per process, shared read-only between sessions.
+# MNMEF weights: `daviz.mnmef.pretrained` loads each weights file once per process (thread-safe
+# cache) and wraps the shared, frozen model in a new filter object per call, so each session gets its
+# own filter (own `last_localization`) around read-only weights. Failures are not cached: weights
+# shipped while the server runs are picked up by the next restart.
 _MNMEF_LOCK = threading.Lock()
-_MNMEF_CACHE: dict[tuple, tuple] = {}
 
 
 def load_mnmef(system_name: str, sigma_y: float, N: int):
-    """(filter, info) for a fresh per-session MNMEF filter, or (None, reason) when unavailable.
-
-    The loaded filter is cached per (system, σ_y, N) under a lock; each caller gets a shallow copy,
-    which shares the (read-only) network weights but has its own attributes such as
-    `last_localization`, so sessions do not see each other's diagnostics.
-    """
-    key = (system_name, round(float(sigma_y), 6), int(N))
+    """(filter, info) for a fresh per-session MNMEF filter, or (None, reason) when unavailable."""
     with _MNMEF_LOCK:
-        if key not in _MNMEF_CACHE:
-            try:
-                from ..mnmef.pretrained import load_filter  # noqa: PLC0415 (optional, heavy: torch)
-                filt, info = load_filter(system_name, sigma_y, N, variant="auto")
-                _MNMEF_CACHE[key] = (filt, info, None)
-            except ImportError as exc:
-                _MNMEF_CACHE[key] = (None, None, f"MNMEF code is not installed ({exc})")
-            except Exception as exc:  # CheckpointError and anything else: report, never crash
-                _MNMEF_CACHE[key] = (None, None, f"{type(exc).__name__}: {exc}")
-        filt, info, reason = _MNMEF_CACHE[key]
-    if filt is None:
-        return None, reason
-    return copy.copy(filt), info
+        try:
+            from ..mnmef.pretrained import load_filter  # noqa: PLC0415 (optional, heavy: torch)
+        except ImportError as exc:
+            return None, f"MNMEF code is not installed ({exc})"
+        try:
+            import torch  # noqa: PLC0415
+
+            if torch.get_num_threads() > 1:
+                torch.set_num_threads(1)  # tiny matrices: threads only add overhead and steal cores
+            return load_filter(system_name, float(sigma_y), int(N), variant="auto")
+        except Exception as exc:  # CheckpointError and anything else: report, never crash
+            return None, f"{type(exc).__name__}: {exc}"
 
 
 def describe_mnmef(info) -> str:
     """One line saying which weights MNMEF uses."""
-    if isinstance(info, dict):
-        for k in ("description", "summary", "name", "path", "checkpoint", "file"):
-            if info.get(k):
-                text = str(info[k])
-                break
-        else:
-            text = ", ".join(f"{k}={v}" for k, v in list(info.items())[:4])
-        return text
-    return str(info)
+    if not isinstance(info, dict):
+        return str(info)
+    text = str(info.get("file", "?"))
+    variant, trained, pre = info.get("variant"), info.get("trained_N"), info.get("pretrained_N")
+    if variant == "finetuned":
+        text += f" (pretrained at N={pre}, heads fine-tuned for N={trained})"
+    elif variant:
+        text += f" ({variant}, trained at N={trained if trained is not None else pre})"
+    return text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +132,7 @@ class ExplorerState(param.Parameterized):
                                  label="Filters")
     seed = param.Integer(default=0, label="Seed")
     speed = param.Integer(default=10, bounds=(1, 60), label="Speed (cycles/s)")
-    component = param.Integer(default=0, bounds=(0, 39), label="Component shown over time")
+    component = param.Integer(default=0, bounds=(0, 127), label="Component shown over time")
     preset = param.Selector(default=NO_PRESET, objects=[NO_PRESET, *PRESETS], label="Preset")
 
     playing = param.Boolean(default=False, doc="Whether the periodic tick advances the experiment.")
@@ -165,8 +159,14 @@ class ExplorerState(param.Parameterized):
         self.closed = False
         self.buffers: dict[str, RunBuffers] = {}
         self.built_for: tuple = ()  # (system, run labels) the buffers describe
-        self._apply_tuned_defaults()
-        self.restart()
+        self.param.component.bounds = (0, self.sys.dim - 1)
+        if self.component > self.sys.dim - 1:
+            self.component = 0
+        if self.preset != NO_PRESET:
+            self.apply_preset(self.preset)
+        else:
+            self._apply_tuned_defaults()
+            self.restart()
 
     # ------------------------------------------------------------------ configuration helpers
     @property

@@ -1,0 +1,114 @@
+"""Cycles per second of the explorer's update path, without a browser, on one CPU core.
+
+    python benchmarks/bench_app.py [--system l96] [--N 20] [--cycles 200]
+
+What one cycle costs in the served app: the engine step of every running filter (`advance`), the
+push of every Hovmöller image, line and band into the Bokeh sources (`ExplorerPlots.update`), and
+the serialisation of the resulting document patch into the websocket message the server would send
+(Bokeh's PATCH-DOC protocol message, binary buffers included). The app pushes once per tick and runs
+several cycles per push at high speeds; rows for 1 and 3 cycles per push show both regimes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# One core: no BLAS/OpenMP thread pools, pinned to CPU 0 (set before numpy/torch load).
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[var] = "1"
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+from bokeh.document import Document  # noqa: E402
+from bokeh.protocol import Protocol  # noqa: E402
+
+from daviz.app.plots import ExplorerPlots  # noqa: E402
+from daviz.app.state import RUN_LABELS, ExplorerState  # noqa: E402
+
+ALL = [label for label in RUN_LABELS if "(" not in label]  # EnKF, ESRF, LETKF, IEnKF, MNMEF
+
+
+def measure(state: ExplorerState, plots: ExplorerPlots, doc: Document, events: list, cycles: int,
+            per_push: int, protocol: Protocol) -> dict:
+    t_engine = t_update = t_patch = 0.0
+    patch_bytes = 0
+    pushes = max(1, cycles // per_push)
+    for _ in range(pushes):
+        t0 = time.perf_counter()
+        state.advance(per_push)
+        t1 = time.perf_counter()
+        events.clear()
+        plots.update()
+        t2 = time.perf_counter()
+        msg = protocol.create("PATCH-DOC", list(events))
+        patch_bytes += len(msg.content_json) + sum(len(b.to_bytes()) for b in msg.buffers)
+        t3 = time.perf_counter()
+        t_engine, t_update, t_patch = t_engine + t1 - t0, t_update + t2 - t1, t_patch + t3 - t2
+    n = pushes * per_push
+    total = t_engine + t_update + t_patch
+    return {"cycles": n, "engine_ms": 1e3 * t_engine / n, "update_ms": 1e3 * t_update / n,
+            "patch_ms": 1e3 * t_patch / n, "cps": n / total, "kb_per_push": patch_bytes / pushes / 1024}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--system", default="l96", choices=["l63", "l96", "ks"])
+    ap.add_argument("--N", type=int, default=20)
+    ap.add_argument("--sigma-y", type=float, default=1.0)
+    ap.add_argument("--cycles", type=int, default=150)
+    ap.add_argument("--warmup", type=int, default=20)
+    args = ap.parse_args(argv)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+    state = ExplorerState(system=args.system, N=args.N, sigma_y=args.sigma_y, filters=ALL)
+    state.max_seconds_per_advance = 1e9
+    running = [s.label for s in state.runs]
+    plots = ExplorerPlots(state)
+    doc = Document()
+    doc.add_root(plots.main)
+    doc.add_root(plots.side)
+    events: list = []
+    doc.on_change(events.append)
+    protocol = Protocol()
+    state.advance(args.warmup)
+    plots.update()
+
+    print(f"# explorer update path: {state.sys.title}, N={args.N}, σ_y={args.sigma_y:g}, one CPU core")
+    print(f"# filters running: {', '.join(running)}")
+    if state.mnmef_status:
+        print(f"# {state.mnmef_status}")
+    print(f"# window {state.window} cycles; {len(plots.image_sources)} Hovmöller images, "
+          f"{len(plots.series)} band plots; {args.cycles} cycles per row after {args.warmup} warm-up cycles")
+    seconds_before = dict(state.experiment.seconds)
+    rows = [(k, measure(state, plots, doc, events, args.cycles, k, protocol)) for k in (1, 3)]
+    seconds = {k: state.experiment.seconds[k] - seconds_before[k] for k in running}
+    engine_cycles = sum(r["cycles"] for _, r in rows)
+
+    print()
+    print("| cycles/push | engine ms/cycle | source update ms/cycle | patch serialise ms/cycle | KB/push | cycles/s |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for k, r in rows:
+        print(f"| {k} | {r['engine_ms']:.1f} | {r['update_ms']:.1f} | {r['patch_ms']:.1f} | "
+              f"{r['kb_per_push']:.0f} | **{r['cps']:.1f}** |")
+    print()
+    print("| filter | engine ms/cycle |")
+    print("|---|---:|")
+    for label in running:
+        print(f"| {label} | {1e3 * seconds[label] / engine_cycles:.2f} |")
+    worst = min(r["cps"] for _, r in rows)
+    print()
+    print(f"target ≥ 20 cycles/s: {'met' if worst >= 20 else 'NOT met'} (worst row {worst:.1f} cycles/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
