@@ -10,6 +10,7 @@ place so the truth and the ensembles carry on.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -173,6 +174,15 @@ class ExplorerState(param.Parameterized):
     def sys(self):
         return get_system(self.system)
 
+    @contextmanager
+    def _quietly(self):
+        """Set parameters without their watchers reacting (we restart or refilter once ourselves)."""
+        self._updating = True
+        try:
+            yield
+        finally:
+            self._updating = False
+
     @property
     def busy(self) -> bool:
         """True while the state is changing several parameters at once (views should wait)."""
@@ -212,16 +222,13 @@ class ExplorerState(param.Parameterized):
         lo, hi = RADIUS_BOUNDS[self.system]
         self.param.radius.bounds = (lo, hi)
         radius = ref.get("radius")
-        self._updating = True
-        try:
+        with self._quietly():
             self.param.update(
                 localization="tuned" if self.has_space else "off",
                 radius=float(np.clip(radius if radius is not None else 3.0, lo, hi)),
                 inflation_mode="tuned",
                 inflation=float(np.clip(ref.get("inflation", 1.0), 1.0, 1.5)),
             )
-        finally:
-            self._updating = False
         self.tuned_source = str(ref.get("source", ""))
 
     def filter_params(self, spec: RunSpec) -> dict:
@@ -285,11 +292,8 @@ class ExplorerState(param.Parameterized):
         if self._updating:
             return
         if self.localization != "Gaspari–Cohn" and self.has_space:
-            self._updating = True
-            try:
+            with self._quietly():
                 self.localization = "Gaspari–Cohn"  # moving the slider means: use this radius
-            finally:
-                self._updating = False
         self.refilter()
 
     @param.depends("inflation", watch=True)
@@ -297,11 +301,8 @@ class ExplorerState(param.Parameterized):
         if self._updating:
             return
         if self.inflation_mode != "manual":
-            self._updating = True
-            try:
+            with self._quietly():
                 self.inflation_mode = "manual"
-            finally:
-                self._updating = False
         self.refilter()
 
     @param.depends("localization", "inflation_mode", watch=True)
@@ -321,23 +322,17 @@ class ExplorerState(param.Parameterized):
             self.message = f"unknown preset {name!r}"
             return
         settings = dict(PRESETS[name]["settings"])
-        self._updating = True
-        try:
+        with self._quietly():
             self.param.update(preset=name, **{k: v for k, v in settings.items()
                                               if k not in ("localization", "radius", "inflation_mode", "inflation")})
             self.param.component.bounds = (0, self.sys.dim - 1)
             if self.component > self.sys.dim - 1:
                 self.component = 0
-        finally:
-            self._updating = False
         self._apply_tuned_defaults()
         extra = {k: settings[k] for k in ("localization", "radius", "inflation_mode", "inflation") if k in settings}
         if extra:
-            self._updating = True
-            try:
+            with self._quietly():
                 self.param.update(**extra)
-            finally:
-                self._updating = False
         self.restart()
 
     def play(self) -> None:
