@@ -68,7 +68,14 @@ def cmd_evaluate(args) -> list[dict]:
         for N in args.N:
             filters, params = {}, {}
             for name in args.filters:
-                filters[name], params[name] = build_filter(name, system, sigma_y, N, args.inflation, args.radius)
+                try:
+                    filters[name], params[name] = build_filter(name, system, sigma_y, N, args.inflation, args.radius)
+                except ValueError as exc:  # e.g. no shipped weights for this N: skip it, keep the rest
+                    if name not in MNMEF_VARIANTS:
+                        raise
+                    print(f"skipping {name} at N={N}, sigma_y={sigma_y}: {exc}", file=sys.stderr)
+            if not filters:
+                continue
             exp = TwinExperiment(system, sigma_y, N, filters, trajectories=args.trajectories, seed=args.seed)
             start = time.perf_counter()
             result = exp.run(args.cycles, progress=not args.quiet)

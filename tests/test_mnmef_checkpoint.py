@@ -70,3 +70,18 @@ def test_shipped_weights_load():
         y = system.observe(E.mean(1))
         assert np.isfinite(f.analysis(E, y, rng)).all() and info["file"] == e["file"].split("/")[-1]
         json.loads(open(e["file"][:-3] + ".json").read())
+
+
+def test_evaluate_skips_mnmef_without_weights_and_runs_the_rest(tmp_path, monkeypatch, capsys):
+    """No shipped weights for a request: `daviz evaluate` says so and still evaluates the other filters."""
+    from daviz import cli
+
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)  # an empty weights folder
+    monkeypatch.setattr(pretrained.choose, "__defaults__", ("auto", tmp_path))
+    out = tmp_path / "rows.json"
+    code = cli.main(["evaluate", "--system", "l63", "--filters", "mnmef,enkf", "--N", "5", "--trajectories", "2",
+                     "--cycles", "5", "--json", str(out), "--quiet"])
+    assert code == 0
+    assert [r["filter"] for r in json.loads(out.read_text())] == ["enkf"]
+    err = capsys.readouterr().err
+    assert "skipping mnmef at N=5" in err and "no shipped" in err and str(tmp_path) in err

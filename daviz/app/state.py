@@ -10,9 +10,9 @@ place so the truth and the ensembles carry on.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
