@@ -18,7 +18,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cycles", type=int, help="assimilation cycles per window (60)")
     p.add_argument("--batch-size", type=int, help="Table C.8: l96 512, ks 256, l63 1024")
     p.add_argument("--lr", type=float, help="Table C.8: 1e-3 (ks 5e-4); fine-tune: a tenth")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (0, as the authors' code)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-2, paper App. C; authors' code: 0)")
     p.add_argument("--lr-milestones", type=float, nargs="*", help="fractions of the epochs where the LR halves (0.2 0.3 0.4)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads")
