@@ -7,6 +7,7 @@ Loaded models are cached (thread-safe) and shared read-only between filters.
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 from pathlib import Path
@@ -16,7 +17,8 @@ import torch
 from . import checkpoint as ckpt
 from .filter import MNMEFFilter, default_device
 
-PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "pretrained"
+# The shipped weights; DAVIZ_PRETRAINED_DIR points the app and `daviz evaluate` at another folder of weights.
+PRETRAINED_DIR = Path(os.environ.get("DAVIZ_PRETRAINED_DIR") or Path(__file__).resolve().parents[2] / "pretrained")
 _NAME = re.compile(r"^(?P<system>[a-z0-9]+)_sigma(?P<sigma>[0-9.]+)_N(?P<N>\d+)(?:_ft(?P<ft>\d+))?\.pt$")
 _cache: dict = {}
 _lock = threading.Lock()
