@@ -28,3 +28,4 @@ daviz evaluate --system ks --filters enkf,esrf,letkf --N 10,20,40 --sigma-y 1.0 
   --trajectories 16 --cycles 2000 --seed 0 --json runs/eval_ks_s1.0.json
 daviz evaluate --system ks --filters ienkf --N 10,20,40 --sigma-y 1.0 \
   --trajectories 8 --cycles 1000 --seed 0 --json runs/eval_ks_s1.0_ienkf.json
+

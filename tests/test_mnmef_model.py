@@ -62,7 +62,7 @@ def test_same_weights_any_N(l96, N):
 def test_zero_corrections_equal_perturbed_obs_enkf(name):
     system = get_system(name)
     torch.manual_seed(0)
-    model = zero_heads(MNMEF(system, 0.7)).double()
+    model = zero_heads(MNMEF(system, 0.7, ModelConfig(loc_activation="sigmoid"))).double()
     E, y = ensemble(system, 4, 10)
     D = observation_perturbations(np.random.default_rng(5), 4, 10, system.obs_dim, 0.7)
     expected = perturbed_obs_analysis(E, y, system.obs_idx, 0.7, D)

@@ -66,7 +66,8 @@ def register(subparsers) -> None:
     p.add_argument("--sigma-y", type=float, required=True)
     p.add_argument("--N", type=int, default=10)
     p.add_argument("--feature-dim", type=int, default=64, help="f_v width: 64 (paper Table C.7) or 128 (authors' code)")
-    p.add_argument("--loc-activation", choices=("sigmoid", "softmax"), default="sigmoid")
+    p.add_argument("--loc-activation", choices=("sigmoid", "softmax"), default="softmax",
+                   help="g_θ = 2·softmax (paper, default) or 2·sigmoid (authors' code; the shipped weights)")
     p.add_argument("--inflation-at", choices=("forecast", "analysis"), default="forecast")
     p.add_argument("--cov-divisor", choices=("N-1", "N"), default="N-1")
     p.add_argument("--grad-window", type=int, default=1, help="detach the ensemble every this many cycles")
