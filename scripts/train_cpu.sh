@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The CPU recipes that produced the shipped weights in pretrained/ (no GPU was lent to this project).
-# Usage: scripts/train_cpu.sh pretrain SYSTEM SIGMA EPOCHS BATCH   |   scripts/train_cpu.sh finetune SYSTEM SIGMA N
+# Usage: scripts/train_cpu.sh pretrain SYSTEM SIGMA EPOCHS BATCH   |   scripts/train_cpu.sh finetune SYSTEM SIGMA N [EPOCHS]
 # Pretraining: 2048 windows x 60 cycles (Table C.8 has 8192 x 60, 1000 epochs); fine-tuning: 1024 windows
-# x 60 cycles, 2 epochs, LR 1e-4 (pretrain LR / 10 as in the paper), batch 32 (16 at N >= 100).
-# Weight decay 0 as in the authors' code, as the shipped weights were trained (the library default is the
-# paper's 1e-2). Training checkpoints go to runs/ (resumable with the same command), shipped weights to pretrained/.
+# x 60 cycles, 2 epochs (or EPOCHS; a larger EPOCHS continues a finished shorter run exactly), LR 1e-4 (pretrain LR / 10 as in the paper), batch 32 (16 at N >= 100).
+# Weight decay 0 and g = 2·sigmoid as in the authors' code, as the shipped weights were trained (library defaults:
+# the paper's 1e-2 and 2·softmax). Training checkpoints go to runs/ (resumable with the same command), shipped weights to pretrained/.
 set -euo pipefail
 mode=$1 sys=$2 sy=$3
 mkdir -p runs pretrained
@@ -12,14 +12,14 @@ if [ "$mode" = pretrain ]; then
   epochs=$4 batch=$5
   steps=$(( 2048 / batch * epochs ))
   note="CPU reduced recipe (no GPU lent): 2048 windows x 60 cycles, batch $batch, $epochs epochs ($steps AdamW steps), LR halved at 20/30/40% of the epochs; the full Table C.8 recipe is 8192 x 60 for 1000 epochs"
-  daviz train --system "$sys" --sigma-y "$sy" --N 10 --trajectories 2048 --batch-size "$batch" --epochs "$epochs" --weight-decay 0 \
+  daviz train --system "$sys" --sigma-y "$sy" --N 10 --trajectories 2048 --batch-size "$batch" --epochs "$epochs" --weight-decay 0 --loc-activation sigmoid \
     --threads 1 --checkpoint-minutes 3 --no-progress --note "$note" --out "runs/${sys}_s${sy}_N10.pt" --resume
   python -m daviz.mnmef.commands export --from "runs/${sys}_s${sy}_N10.pt" --out "pretrained/${sys}_sigma${sy}_N10.pt"
 else
-  N=$4
+  N=$4 epochs=${5:-2}
   batch=$([ "$N" -ge 100 ] && echo 16 || echo 32)
-  note="CPU reduced fine-tune (no GPU lent): 1024 windows x 60 cycles, batch $batch, 2 epochs, LR 1e-4; the paper's is 4096 x 60 for 20 epochs"
-  daviz finetune --from "pretrained/${sys}_sigma${sy}_N10.pt" --N "$N" --trajectories 1024 --batch-size "$batch" --epochs 2 --weight-decay 0 \
+  note="CPU reduced fine-tune (no GPU lent): 1024 windows x 60 cycles, batch $batch, $epochs epochs, LR 1e-4; the paper's is 4096 x 60 for 20 epochs"
+  daviz finetune --from "pretrained/${sys}_sigma${sy}_N10.pt" --N "$N" --trajectories 1024 --batch-size "$batch" --epochs "$epochs" --weight-decay 0 --loc-activation sigmoid \
     --lr 1e-4 --threads 1 --checkpoint-minutes 3 --no-progress --note "$note" --out "runs/${sys}_s${sy}_N10_ft${N}.pt" --resume
   python -m daviz.mnmef.commands export --from "runs/${sys}_s${sy}_N10_ft${N}.pt" --out "pretrained/${sys}_sigma${sy}_N10_ft${N}.pt"
 fi
