@@ -21,7 +21,10 @@ from .state import RUNS, ExplorerState
 
 log = logging.getLogger(__name__)
 
-TICK_MS = 100  # at most 10 pushes per second; faster speeds run several cycles per push
+# At most 4 pushes per second; faster speeds run several cycles per push. Each push carries every
+# Hovmöller image (~700 KB with five filters): at 10 pushes/s a slow browser falls behind, its queue of
+# frames grows and clicks (Pause) wait behind it. 250 ms keeps the page responsive.
+TICK_MS = 250
 
 CSS = """
 .daviz-status {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px;}
