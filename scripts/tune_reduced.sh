@@ -12,3 +12,12 @@ for sy in 0.7 1.0; do
       --trajectories 4 --cycles 200 --inflations 1.0,1.05,1.1,1.2 --radii 4,8,16
   done
 done
+# The unlocalized filters at sigma_y=0.7, N=10,20,40 (inflation only; grid points where every trajectory
+# diverged leave no entry, e.g. ESRF on L96 at N=10 and 20).
+if [ -z "${FILTERS:-}" ]; then
+  for f in esrf ienkf; do
+    daviz tune --skip-existing --workers "$W" --system l96 --filter $f --sigma-y 0.7 --N 10,20,40 --trajectories 4 --cycles 200
+    daviz tune --skip-existing --workers "$W" --system ks --filter $f --sigma-y 0.7 --N 10,20,40 --trajectories 4 --cycles 200 \
+      --inflations 1.0,1.05,1.1,1.2
+  done
+fi
