@@ -160,9 +160,7 @@ class ExplorerState(param.Parameterized):
         self.closed = False
         self.buffers: dict[str, RunBuffers] = {}
         self.built_for: tuple = ()  # (system, run labels) the buffers describe
-        self.param.component.bounds = (0, self.sys.dim - 1)
-        if self.component > self.sys.dim - 1:
-            self.component = 0
+        self._fit_component()
         if self.preset != NO_PRESET:
             self.apply_preset(self.preset)
         else:
@@ -173,6 +171,12 @@ class ExplorerState(param.Parameterized):
     @property
     def sys(self):
         return get_system(self.system)
+
+    def _fit_component(self) -> None:
+        """Bound the component slider to the current system's dimension (back to 0 if it was beyond)."""
+        self.param.component.bounds = (0, self.sys.dim - 1)
+        if self.component > self.sys.dim - 1:
+            self.component = 0
 
     @contextmanager
     def _quietly(self):
@@ -276,9 +280,7 @@ class ExplorerState(param.Parameterized):
     def _on_setup_change(self):
         if self._updating:
             return
-        self.param.component.bounds = (0, self.sys.dim - 1)
-        if self.component > self.sys.dim - 1:
-            self.component = 0
+        self._fit_component()
         self._apply_tuned_defaults()
         self.restart()
 
@@ -325,9 +327,7 @@ class ExplorerState(param.Parameterized):
         with self._quietly():
             self.param.update(preset=name, **{k: v for k, v in settings.items()
                                               if k not in ("localization", "radius", "inflation_mode", "inflation")})
-            self.param.component.bounds = (0, self.sys.dim - 1)
-            if self.component > self.sys.dim - 1:
-                self.component = 0
+            self._fit_component()
         self._apply_tuned_defaults()
         extra = {k: settings[k] for k in ("localization", "radius", "inflation_mode", "inflation") if k in settings}
         if extra:
