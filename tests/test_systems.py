@@ -101,3 +101,35 @@ def test_periodic_distances():
 def test_unknown_system_is_named():
     with pytest.raises(ValueError, match="'l99'"):
         get_system("l99")
+
+
+def test_ks_start_is_the_periodic_zero_mean_kassam_trefethen_state():
+    ks = get_system("ks")
+    x0 = ks.burn_in_start(np.random.default_rng(0), 3)
+    # KS conserves the spatial mean, so the start's mean is the truth's mean forever: it must be 0
+    # (the paper's misprinted cos(2x/L)(1 + sin(2x/L)) has mean 0.668 and fails here).
+    assert np.abs(x0.mean(axis=1)).max() < 1e-12
+    # Periodic and smooth: apart from the 1e-3 perturbation, only Fourier modes 1 and 2 are present.
+    spectrum = np.abs(np.fft.rfft(x0, axis=1)) / ks.dim
+    assert spectrum[:, 1:3].min() > 0.2 and spectrum[:, 3:].max() < 1e-3
+    assert not np.allclose(x0[0], x0[1])  # the perturbation separates the trajectories
+
+
+def test_ks_truth_keeps_zero_spatial_mean_over_a_long_run():
+    ks = get_system("ks")
+    x = ks.initial_truth(np.random.default_rng(1), 4)
+    means = [x.mean(axis=1)]
+    for _ in range(1000):
+        x = ks.step(x)
+        means.append(x.mean(axis=1))
+    assert np.abs(means).max() < 1e-10
+    assert 1.1 < x.std() < 1.5  # climatological std ≈ 1.31 (independent implementation: 1.31)
+
+
+def test_ks_conserves_whatever_mean_it_starts_with():
+    # Why the start matters: the k=0 mode never changes, so a non-zero start mean is never forgotten.
+    ks = get_system("ks")
+    x = ks.initial_truth(np.random.default_rng(2), 2) + 0.668
+    for _ in range(200):
+        x = ks.step(x)
+    assert np.allclose(x.mean(axis=1), 0.668, atol=1e-10)

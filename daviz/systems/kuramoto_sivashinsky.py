@@ -44,11 +44,15 @@ class KuramotoSivashinsky(System):
         return xp.fft.irfft(v, n=n, axis=-1)
 
     def burn_in_start(self, rng, batch):
-        # App. C.3: u0(x) = cos(2x/L)(1 + sin(2x/L)) for every trajectory; the random burn-in
-        # length alone would not separate them, so each start gets a small random perturbation.
+        # The standard Kassam–Trefethen start u0(x) = cos(2πx/L)(1 + sin(2πx/L)): periodic, spatial
+        # mean 0. App. C.3 prints cos(2x/L)(1 + sin(2x/L)), a typo: that function is not periodic on
+        # [0, L) and has mean 0.668, which KS conserves forever (the pattern then drifts past the
+        # sensors and is far easier to track). The random burn-in length alone would not separate the
+        # trajectories, so each start gets a small perturbation, centred so the mean stays exactly 0.
         x = np.arange(self.dim) * self.length / self.dim
-        u0 = np.cos(2 * x / self.length) * (1 + np.sin(2 * x / self.length))
-        return u0[None, :] + 1e-3 * rng.standard_normal((batch, self.dim))
+        u0 = np.cos(2 * np.pi * x / self.length) * (1 + np.sin(2 * np.pi * x / self.length))
+        noise = 1e-3 * rng.standard_normal((batch, self.dim))
+        return u0[None, :] + noise - noise.mean(axis=-1, keepdims=True)
 
 
 def make_kuramoto_sivashinsky(dim: int = 128, obs_every: int = 8) -> KuramotoSivashinsky:
