@@ -110,24 +110,12 @@ def print_table(rows: list[dict]) -> None:
 
 
 def cmd_tune(args) -> None:
-    for sigma_y in args.sigma_y:
-        for N in args.N:
-            if args.skip_existing and is_tuned(args.system, args.filter, N, sigma_y):
-                continue
-            points = grid_for(args.system, args.filter, args.inflations, args.radii)
-            start = time.perf_counter()
-            res = sweep(args.system, args.filter, N, sigma_y, trajectories=args.trajectories,
-                        cycles=args.cycles, seed=args.seed, workers=args.workers, points=points)
-            infl, rad = res["best"]
-            meta = {"trajectories": args.trajectories, "cycles": args.cycles, "grid_points": len(points),
-                    "seconds": round(time.perf_counter() - start, 1)}
-            if np.isfinite(res["best_score"]):
-                if not args.dry_run:
-                    save_tuned(args.system, args.filter, N, sigma_y, infl, rad, res["best_score"], meta)
-                print(f"{args.system} {args.filter} N={N} sigma_y={sigma_y}: inflation={infl} radius={rad} "
-                      f"R-RMSE={res['best_score']:.4f} ({meta['seconds']} s, {len(points)} grid points)", flush=True)
-            else:
-                print(f"{args.system} {args.filter} N={N} sigma_y={sigma_y}: every grid point diverged", flush=True)
+    from .tuning import parse_rounds, tune_many  # successive halving; the logic lives in daviz.tuning
+
+    tune_many(args.system, args.filter, args.N, args.sigma_y, rounds=parse_rounds(args.rounds),
+              final=(args.trajectories, args.cycles), keep=args.keep, finalists=args.finalists,
+              refine=not args.no_refine, inflations=args.inflations, radii=args.radii, seed=args.seed,
+              workers=args.workers, dry_run=args.dry_run, skip_existing=args.skip_existing)
 
 
 def cmd_simulate(args) -> None:
@@ -164,11 +152,15 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(run=cmd_evaluate)
 
-    tu = sub.add_parser("tune", help="grid-search inflation x radius on tuning trajectories")
+    tu = sub.add_parser("tune", help="successive-halving search of inflation x radius on tuning trajectories")
     common(tu, ",".join(map(str, PAPER_N)))
     tu.add_argument("--filter", choices=FILTER_NAMES, default="letkf")
-    tu.add_argument("--trajectories", type=int, default=16)
-    tu.add_argument("--cycles", type=int, default=500)
+    tu.add_argument("--trajectories", type=int, default=16, help="final round: trajectories per point")
+    tu.add_argument("--cycles", type=int, default=1000, help="final round: cycles per trajectory")
+    tu.add_argument("--rounds", help="earlier rounds as TRAJxCYCLES list, e.g. 4x250,8x500 (first: every point)")
+    tu.add_argument("--keep", type=float, help="each round keeps the best 1/keep of the points (default 3)")
+    tu.add_argument("--finalists", type=int, help="points that reach the final round (default 3)")
+    tu.add_argument("--no-refine", action="store_true", help="skip the finer grid around the optimum")
     tu.add_argument("--inflations", type=float_list)
     tu.add_argument("--radii", type=float_list)
     tu.add_argument("--workers", type=int, help="processes (default: all cores)")
