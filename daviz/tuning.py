@@ -1,17 +1,30 @@
-"""Grid search of inflation × localization radius for the baselines, and the shipped tuned tables.
+"""Tuning inflation × localization radius of the baselines by successive halving, and the tuned tables.
 
-A sweep runs every grid point in one batch: the twin experiment repeats the same truth,
-observations and initial ensemble once per grid point (`replicas`), and each copy gets its own
-inflation and radius. The grid is split over worker processes to use all cores. Trajectories come
-from the "tune" random streams, disjoint from the test trajectories that `evaluate` uses.
+`successive_halving` scores every grid point on short runs, keeps the best third for longer runs,
+adds a finer grid around the optimum (inflation steps of 0.01–0.02, radii half-way between the coarse
+values) and runs the last few points on the final budget (16 trajectories × 1000 cycles by default).
+Each round draws fresh trajectories from the "tune" random streams (disjoint from the "test" streams
+that `evaluate` uses), so the final score of the chosen point is not inflated by the selection.
 
-Tables live in daviz/tuned/<system>_<filter>.json: {sigma_y: {N: {inflation, radius, rrmse, ...}}}.
+Within a round all points run in one batch: the twin experiment repeats the same truth, observations
+and initial ensemble once per point (`replicas`), and each copy gets its own inflation and radius.
+Points are ranked by (diverged trajectories, lost trajectories, mean R-RMSE): a point on which any
+trajectory diverges or loses track (see `lost_track_level`) ranks behind every point on which none
+does, whatever its mean, so one bad trajectory is penalised rather than averaged away.
+
+Tables live in daviz/tuned/<system>_<filter>.json: {sigma_y: {N: {inflation, radius, rrmse, ...}}},
+each entry with the budget that produced it. (N, sigma_y) where every candidate diverged are listed in
+daviz/tuned/untunable.json instead.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import resource
+import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
 from itertools import product
 from pathlib import Path
 
@@ -19,14 +32,24 @@ import numpy as np
 
 from .experiment import TwinExperiment
 from .filters import FILTER_CLASSES, make_filter
+from .seeding import stream
 from .systems import get_system
 
 TUNED_DIR = Path(__file__).parent / "tuned"
+UNTUNABLE = "untunable.json"
+METHOD = "successive-halving"  # entries of older grid searches lack it and are re-tuned by --skip-existing
 
 # Default grids: wide enough to contain the paper's optima (L96 LETKF radii 1..6 for N=5..100).
 INFLATION_GRID = (1.0, 1.02, 1.05, 1.1, 1.15, 1.2, 1.3, 1.45)
 RADIUS_GRID = {"l96": (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0), "ks": (1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0)}
 FALLBACK = {"inflation": 1.05, "radius": {"l96": 3.0, "ks": 4.0}}
+
+# Successive-halving defaults: (trajectories, cycles) of the rounds before the final one; the first runs
+# every coarse grid point, each next one the best 1/KEEP of the previous, and the finer grid joins the last.
+DEFAULT_ROUNDS = ((2, 200), (4, 400), (8, 500))
+DEFAULT_FINAL = (16, 1000)
+DEFAULT_KEEP = 3.0
+DEFAULT_FINALISTS = 3
 
 
 def grid_for(system_name: str, filter_name: str, inflations=None, radii=None) -> list[tuple[float, float | None]]:
@@ -38,7 +61,78 @@ def grid_for(system_name: str, filter_name: str, inflations=None, radii=None) ->
     return list(product(inflations, tuple(radii or RADIUS_GRID[system_name])))
 
 
-def _score_chunk(args) -> np.ndarray:
+def parse_rounds(text: str | None) -> tuple[tuple[int, int], ...] | None:
+    """'2x200,4x400' -> ((2, 200), (4, 400)); None stays None (the default schedule)."""
+    if text is None:
+        return None
+    rounds = []
+    for item in text.split(","):
+        try:
+            t, c = (int(v) for v in item.strip().lower().split("x"))
+        except ValueError:
+            raise ValueError(f"rounds must look like 2x200,4x400 (trajectories x cycles), got {text!r}") from None
+        if t < 1 or c < 1:
+            raise ValueError(f"rounds need at least 1 trajectory and 1 cycle, got {item!r}")
+        rounds.append((t, c))
+    if not rounds:
+        raise ValueError(f"no rounds in {text!r}")
+    return tuple(rounds)
+
+
+@lru_cache(maxsize=None)
+def climatology(system_name: str, trajectories: int = 16, cycles: int = 2000) -> dict:
+    """Climatological mean state and R-RMSE level of a system, estimated from a long truth run.
+
+    The truths start on the attractor (burn-in) from the "tune" stream named "climatology" (seed 0) and
+    run `cycles` observation intervals. The mean is averaged over time and trajectories, and also over
+    the components where the system is translation-invariant (periodic: L96, KS), where all components
+    share one mean. Returns {'mean': (d,), 'rrmse': R_clim} with
+        R_clim = Σ_j ‖v_j − μ‖ / Σ_j ‖v_j‖,
+    the R-RMSE (5.2) of the estimator that ignores every observation and always answers μ.
+    Measured: L63 0.50, L96 0.84, KS 1.00 (its mean is 0).
+    """
+    system = get_system(system_name)
+    x = system.initial_truth(stream(0, "tune", "climatology"), trajectories)
+    states = np.empty((cycles, trajectories, system.dim))
+    for j in range(cycles):
+        x = system.step(x)
+        states[j] = x
+    mean = states.mean(axis=(0, 1))
+    if system.periodic:
+        mean = np.full_like(mean, mean.mean())
+    level = np.linalg.norm(states - mean, axis=-1).sum() / np.linalg.norm(states, axis=-1).sum()
+    return {"mean": mean, "rrmse": float(level)}
+
+
+def lost_track_level(system_name: str) -> float:
+    """R-RMSE above which a trajectory counts as having lost track: the climatological level R_clim.
+
+    A trajectory's R-RMSE over the run (5.2) above R_clim (see `climatology`) means the filter's mean
+    was, over the run, further from the truth than the constant climatological mean: the observations
+    did not help at all, i.e. the filter lost track of the truth for a good part of the run.
+    """
+    return climatology(system_name)["rrmse"]
+
+
+def assess(values: np.ndarray, level: float) -> dict:
+    """Per point, from per-trajectory R-RMSEs (n_points, trajectories) with NaN where diverged:
+    counts of diverged and lost trajectories, the mean R-RMSE of the finite ones, and a rank key."""
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    finite = np.isfinite(values)
+    diverged = (~finite).sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        lost = (finite & (values > level)).sum(axis=1)
+    counts = finite.sum(axis=1)
+    mean = np.where(counts > 0, np.where(finite, values, 0.0).sum(axis=1) / np.maximum(counts, 1), np.inf)
+    return {"diverged": diverged, "lost": lost, "mean": mean}
+
+
+def ranking(assessed: dict) -> np.ndarray:
+    """Indices from best to worst: fewest diverged, then fewest lost trajectories, then lowest mean."""
+    return np.lexsort((assessed["mean"], assessed["lost"], assessed["diverged"]))
+
+
+def _values_chunk(args) -> np.ndarray:
     system_name, filter_name, N, sigma_y, points, trajectories, cycles, seed = args
     n = len(points)
     inflation = np.repeat([p[0] for p in points], trajectories)
@@ -46,37 +140,181 @@ def _score_chunk(args) -> np.ndarray:
     f = make_filter(filter_name, system_name, sigma_y, inflation=inflation, radius=radius)
     exp = TwinExperiment(system_name, sigma_y, N, {filter_name: f}, trajectories=trajectories,
                          seed=seed, purpose="tune", replicas=n)
-    values = exp.run(cycles)[filter_name].reshape(n, trajectories)
-    # A grid point on which any trajectory diverged is disqualified.
-    return np.where(np.isfinite(values).all(axis=1), values.mean(axis=1), np.inf)
+    return exp.run(cycles)[filter_name].reshape(n, trajectories)
 
 
-def sweep(system_name: str, filter_name: str, N: int, sigma_y: float, trajectories: int = 16,
-          cycles: int = 500, seed: int = 0, workers: int | None = None, points=None) -> dict:
-    """Score every grid point; returns {'points', 'scores', 'best'}."""
-    points = points or grid_for(system_name, filter_name)
+def evaluate_points(system_name: str, filter_name: str, N: int, sigma_y: float, points, trajectories: int,
+                    cycles: int, seed: int = 0, workers: int | None = 1) -> np.ndarray:
+    """Per-trajectory R-RMSE (n_points, trajectories) on tuning trajectories; NaN where diverged.
+
+    Every point sees the same trajectories, observations and initial ensembles (common random numbers).
+    """
+    points = list(points)
     workers = max(1, min(workers or os.cpu_count() or 1, len(points)))
     chunks = [points[i::workers] for i in range(workers)]
     jobs = [(system_name, filter_name, N, sigma_y, c, trajectories, cycles, seed) for c in chunks]
     if workers == 1:
-        results = [_score_chunk(jobs[0])]
+        results = [_values_chunk(jobs[0])]
     else:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_score_chunk, jobs))
-    scores = np.empty(len(points))
+            results = list(pool.map(_values_chunk, jobs))
+    values = np.empty((len(points), trajectories))
     for i, r in enumerate(results):
-        scores[i::workers] = r
+        values[i::workers] = r
+    return values
+
+
+def sweep(system_name: str, filter_name: str, N: int, sigma_y: float, trajectories: int = 16,
+          cycles: int = 500, seed: int = 0, workers: int | None = None, points=None) -> dict:
+    """Score every grid point once (no halving); returns {'points', 'scores', 'values', 'best', 'best_score'}.
+
+    A score is the mean R-RMSE over the trajectories, inf where any trajectory diverged.
+    """
+    points = points or grid_for(system_name, filter_name)
+    values = evaluate_points(system_name, filter_name, N, sigma_y, points, trajectories, cycles, seed, workers)
+    scores = np.where(np.isfinite(values).all(axis=1), values.mean(axis=1), np.inf)
     best = int(np.argmin(scores))
-    return {"points": points, "scores": scores, "best": points[best], "best_score": float(scores[best])}
+    return {"points": points, "scores": scores, "values": values, "best": points[best],
+            "best_score": float(scores[best])}
+
+
+def refined_points(center: tuple[float, float | None], inflations, radii) -> list[tuple[float, float | None]]:
+    """A finer grid around `center`: inflation ± 1, 2 steps of 0.01 (below 1.1) or 0.02 (from 1.1 on), never
+    below 1; radii half-way to the neighbouring coarse radii (×0.75 / ×1.5 past the ends of the grid)."""
+    infl, rad = center
+    step = 0.01 if infl < 1.1 - 1e-9 else 0.02
+    infls = sorted({round(infl + k * step, 4) for k in (-2, -1, 0, 1, 2) if infl + k * step >= 1.0 - 1e-12})
+    if rad is None:
+        return [(a, None) for a in infls]
+    grid = sorted(set(radii) | {rad})
+    i = grid.index(rad)
+    lo = (grid[i - 1] + rad) / 2 if i > 0 else 0.75 * rad
+    hi = (grid[i + 1] + rad) / 2 if i + 1 < len(grid) else 1.5 * rad
+    return list(product(infls, [round(lo, 4), rad, round(hi, 4)]))
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def successive_halving(system_name: str, filter_name: str, N: int, sigma_y: float, points=None, rounds=None,
+                       final=None, keep: float | None = None, finalists: int | None = None, refine: bool = True,
+                       seed: int = 0, workers: int | None = 1, log=print, evaluate=None) -> dict:
+    """Tune (inflation, radius) for one (system, filter, N, sigma_y).
+
+    Round 1 runs every point of `points` (default: the coarse grid) with the budget rounds[0]
+    (trajectories, cycles); each later round runs the best 1/keep of the previous one (at least
+    `finalists`) with the next budget; the finer grid around the previous round's best joins the last of
+    these rounds (an extra round at that budget when there is only one). The final round runs the best
+    `finalists` with the budget `final`; should every finalist diverge, the next-ranked candidates that did
+    not diverge are tried. Points that diverge are dropped at once. Round r uses the tuning seed
+    100·seed + r, so every round sees fresh trajectories.
+
+    `evaluate(points, trajectories, cycles, seed) -> (n_points, trajectories)` R-RMSEs replaces the twin
+    experiment (tests). Returns a dict with 'status' ('ok' or 'diverged'), 'best', 'rrmse', 'lost',
+    'diverged', 'rounds' (the budget of each round), 'grid_points', 'trajectory_cycles', 'cpu_seconds',
+    'seconds'.
+    """
+    rounds = tuple(rounds or DEFAULT_ROUNDS)
+    final = tuple(final or DEFAULT_FINAL)
+    keep = float(keep or DEFAULT_KEEP)
+    finalists = int(finalists or DEFAULT_FINALISTS)
+    if keep <= 1 or finalists < 1:
+        raise ValueError(f"need keep > 1 and finalists >= 1, got {keep}, {finalists}")
+    points = list(points or grid_for(system_name, filter_name))
+    coarse_infl = sorted({p[0] for p in points})
+    coarse_rad = sorted({p[1] for p in points if p[1] is not None})
+    if evaluate is None:
+        def evaluate(pts, t, c, s):
+            return evaluate_points(system_name, filter_name, N, sigma_y, pts, t, c, s, workers)
+    level = np.inf if system_name == "linear" else lost_track_level(system_name)  # linear: no attractor
+    label = f"{system_name} {filter_name} N={N} sigma_y={sigma_y}"
+    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    schedule = list(rounds)
+    if refine and len(schedule) == 1:
+        schedule.append(schedule[0])
+    refine_at = len(schedule) - 1 if refine else None
+    record, seen = [], set()
+    candidates = points
+    previous: list = []  # (point, diverged) of the previous round, best first
+
+    def run_round(r, pts, budget, kind):
+        t, c = budget
+        cpu = _cpu_seconds()
+        values = evaluate(pts, t, c, 100 * seed + r)
+        a = assess(values, level)
+        order = ranking(a)
+        seen.update(pts)
+        record.append({"round": kind, "points": len(pts), "trajectories": t, "cycles": c, "seed": 100 * seed + r})
+        b = order[0]
+        log(f"{label} round {r + 1} ({kind}): {len(pts)} points x {t} traj x {c} cycles, best {pts[b]} "
+            f"R-RMSE {a['mean'][b]:.4f} (lost {a['lost'][b]}, diverged {a['diverged'][b]}); "
+            f"{int((a['diverged'] > 0).sum())} points diverged [{_cpu_seconds() - cpu:.1f} CPU s, "
+            f"{_cpu_seconds() - cpu0:.1f} in all]", flush=True)
+        return [(pts[i], {k: a[k][i] for k in a}) for i in order]
+
+    for r, budget in enumerate(schedule):
+        if r > 0:
+            alive = [p for p, a in previous if a["diverged"] == 0]
+            if not alive:
+                break
+            candidates = alive[:max(finalists, math.ceil(len(previous) / keep))]
+            if r == refine_at:
+                extra = [p for p in refined_points(alive[0], coarse_infl, coarse_rad) if p not in seen]
+                candidates = candidates + [p for p in extra if p not in candidates]
+        previous = run_round(r, candidates, budget, "refine" if r == refine_at else ("all" if r == 0 else "halving"))
+    result = {"status": "diverged", "best": None, "rrmse": float("nan"), "lost": None, "diverged": None}
+    alive = [p for p, a in previous if a["diverged"] == 0]
+    r = len(schedule)
+    for attempt in range(3):
+        if not alive:
+            break
+        batch, alive = alive[:finalists], alive[finalists:]
+        ranked = run_round(r + attempt, batch, final, "final")
+        point, a = ranked[0]
+        if a["diverged"] == 0:
+            result = {"status": "ok", "best": point, "rrmse": float(a["mean"]), "lost": int(a["lost"]),
+                      "diverged": 0}
+            break
+    if result["status"] == "diverged":
+        log(f"{label}: every candidate diverged on some trajectory", flush=True)
+    result.update(
+        rounds=record, grid_points=len(seen), lost_level=round(float(level), 4),
+        trajectory_cycles=int(sum(x["points"] * x["trajectories"] * x["cycles"] for x in record)),
+        cpu_seconds=round(_cpu_seconds() - cpu0, 1), seconds=round(time.perf_counter() - wall0, 1),
+    )
+    return result
 
 
 def table_path(system_name: str, filter_name: str, directory: Path = TUNED_DIR) -> Path:
     return Path(directory) / f"{system_name}_{filter_name}.json"
 
 
-def is_tuned(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR) -> bool:
+def is_tuned(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR, method: str | None = None) -> bool:
+    """Whether the table has an entry for (N, sigma_y); with `method`, only one made by that method."""
     path = table_path(system_name, filter_name, directory)
-    return path.exists() and str(int(N)) in json.loads(path.read_text()).get(f"{float(sigma_y)}", {})
+    if not path.exists():
+        return False
+    entry = json.loads(path.read_text()).get(f"{float(sigma_y)}", {}).get(str(int(N)))
+    return entry is not None and (method is None or entry.get("method") == method)
+
+
+def is_untunable(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR) -> bool:
+    """Whether a search already found every candidate diverging at this (N, sigma_y)."""
+    path = Path(directory) / UNTUNABLE
+    table = json.loads(path.read_text()) if path.exists() else {}
+    return str(int(N)) in table.get(f"{system_name}_{filter_name}", {}).get(f"{float(sigma_y)}", {})
+
+
+def save_untunable(system_name, filter_name, N, sigma_y, meta: dict, directory: Path = TUNED_DIR) -> Path:
+    """Record in untunable.json that every candidate diverged (with the budget that showed it)."""
+    path = Path(directory) / UNTUNABLE
+    table = json.loads(path.read_text()) if path.exists() else {}
+    table.setdefault(f"{system_name}_{filter_name}", {}).setdefault(f"{float(sigma_y)}", {})[str(int(N))] = meta
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1, sort_keys=True))
+    return path
 
 
 def save_tuned(system_name, filter_name, N, sigma_y, inflation, radius, rrmse, meta: dict,
@@ -110,3 +348,38 @@ def tuned_params(system_name: str, filter_name: str, N: int, sigma_y: float, dir
                     "source": f"tuned at N={n_key}, sigma_y={s_key}"}
     return {"inflation": FALLBACK["inflation"] if system_name != "linear" else 1.0,
             "radius": FALLBACK["radius"].get(system_name) if localizes else None, "source": "default (not tuned)"}
+
+
+def tune_many(system_name: str, filter_name: str, Ns, sigma_ys, rounds=None, final=None, keep=None, finalists=None,
+              refine: bool = True, inflations=None, radii=None, seed: int = 0, workers: int | None = 1,
+              dry_run: bool = False, skip_existing: bool = False, directory: Path = TUNED_DIR, log=print) -> list[dict]:
+    """`daviz tune`: successive halving for each (sigma_y, N); each result is written to the table as it
+    comes (so a cut-off run resumes with skip_existing), with its budget and CPU time in the entry."""
+    out = []
+    points = grid_for(system_name, filter_name, inflations, radii)
+    for sigma_y in sigma_ys:
+        for N in Ns:
+            if skip_existing and (is_tuned(system_name, filter_name, N, sigma_y, directory, METHOD)
+                                  or is_untunable(system_name, filter_name, N, sigma_y, directory)):
+                continue
+            res = successive_halving(system_name, filter_name, N, sigma_y, points=points, rounds=rounds, final=final,
+                                     keep=keep, finalists=finalists, refine=refine, seed=seed, workers=workers,
+                                     log=log)
+            t, c = res["rounds"][-1]["trajectories"], res["rounds"][-1]["cycles"]
+            meta = {"method": METHOD, "trajectories": t, "cycles": c, "rounds": res["rounds"],
+                    "grid_points": res["grid_points"], "trajectory_cycles": res["trajectory_cycles"],
+                    "cpu_seconds": res["cpu_seconds"], "seconds": res["seconds"], "lost": res["lost"],
+                    "diverged": res["diverged"], "lost_level": res["lost_level"]}
+            label = f"{system_name} {filter_name} N={N} sigma_y={sigma_y}"
+            if res["status"] == "ok":
+                infl, rad = res["best"]
+                if not dry_run:
+                    save_tuned(system_name, filter_name, N, sigma_y, infl, rad, res["rrmse"], meta, directory)
+                log(f"{label}: inflation={infl} radius={rad} R-RMSE={res['rrmse']:.4f} on {t} x {c} "
+                    f"(lost {res['lost']}/{t}); {res['grid_points']} points, {res['cpu_seconds']} CPU s", flush=True)
+            else:
+                if not dry_run:
+                    save_untunable(system_name, filter_name, N, sigma_y, meta, directory)
+                log(f"{label}: every candidate diverged; {res['cpu_seconds']} CPU s", flush=True)
+            out.append({"N": N, "sigma_y": sigma_y, **res})
+    return out
