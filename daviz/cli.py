@@ -165,7 +165,8 @@ def parser() -> argparse.ArgumentParser:
     tu.add_argument("--radii", type=float_list)
     tu.add_argument("--workers", type=int, help="processes (default: all cores)")
     tu.add_argument("--dry-run", action="store_true", help="print the optimum without writing the table")
-    tu.add_argument("--skip-existing", action="store_true", help="leave (N, sigma_y) already in the table alone")
+    tu.add_argument("--skip-existing", action="store_true",
+                    help="leave (N, sigma_y) already tuned by successive halving (or found untunable) alone")
     tu.set_defaults(run=cmd_tune)
 
     si = sub.add_parser("simulate", help="write truth and observations of test trajectories to .npz")
