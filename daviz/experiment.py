@@ -6,9 +6,19 @@ observations or the other filters' noise. All filters start from the same initia
 
 `replicas` repeats the same truth/observations/initial ensemble k times along the batch (copy-major:
 batch index = copy * trajectories + trajectory): a tuning sweep puts one grid point in each copy.
+
+Two failure marks per filter and trajectory:
+- diverged: the ensemble became non-finite (sticky; the trajectory is frozen and excluded from R-RMSE).
+- lost track: the error stays finite but is no better than knowing nothing. Precisely, the R-RMSE over
+  the last K = LOST_TRACK_WINDOW analysis cycles, Σ‖v̄_j − v†_j‖ / Σ‖v†_j‖ over those cycles, is above the
+  system's climatological level: the R-RMSE of always predicting the climatological mean μ,
+  E‖v − μ‖ / E‖v‖ over the invariant measure (`climatology`; L63 ≈ 0.50, L96 ≈ 0.84, KS ≈ 1.0).
+  Nothing is flagged before K cycles have run.
 """
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Mapping
 
@@ -19,10 +29,102 @@ from .filters.base import EnsembleFilter
 from .seeding import stream
 from .systems import System, get_system
 
+LOST_TRACK_WINDOW = 100  # K: cycles the error must stay above climatology to count as "lost track"
+
+_climatology: dict[tuple, dict] = {}
+_climatology_lock = threading.Lock()
+
+
+def climatology(system: System | str, trajectories: int = 16, cycles: int = 2000) -> dict:
+    """The system's climatological mean μ (d,) and level R_clim = Σ_j ‖v_j − μ‖ / Σ_j ‖v_j‖: the R-RMSE (5.2)
+    of the estimator that ignores every observation and always answers μ.
+
+    Estimated from a fixed free run: `trajectories` truths put on the attractor by the system's own burn-in
+    (the "tune" stream "climatology", seed 0), then `cycles` observation intervals each. Where the system
+    is translation-invariant (periodic: L96, KS) all components share one mean. Measured: L63 0.50,
+    L96 0.84, KS 1.00. A few seconds per system, once per process (cached, thread-safe: an app may call
+    it at start-up to warm it). Same recipe as `daviz.tuning.climatology`.
+    """
+    system = get_system(system) if isinstance(system, str) else system
+    key = (system.name, int(trajectories), int(cycles))
+    with _climatology_lock:
+        if key not in _climatology:
+            x = system.initial_truth(stream(0, "tune", "climatology"), int(trajectories))
+            states = np.empty((int(cycles),) + x.shape)
+            for j in range(len(states)):
+                x = system.step(x)
+                states[j] = x
+            mean = states.mean(axis=(0, 1))
+            if system.periodic:
+                mean = np.full_like(mean, mean.mean())
+            with np.errstate(all="ignore"):
+                level = float(np.linalg.norm(states - mean, axis=-1).sum() / np.linalg.norm(states, axis=-1).sum())
+            # No finite level (no bounded attractor): then nothing is ever flagged as lost track.
+            _climatology[key] = {"mean": mean, "rrmse": level if np.isfinite(level) else float("inf")}
+        return _climatology[key]
+
+
+def available_memory() -> float:
+    """Bytes this process may plan to use: DAVIZ_MAX_MEMORY_GB if set, else the memory the OS reports
+    available (MemAvailable), else physical memory."""
+    env = os.environ.get("DAVIZ_MAX_MEMORY_GB")
+    if env:
+        try:
+            value = float(env) * 2**30
+        except ValueError:
+            raise ValueError(f"DAVIZ_MAX_MEMORY_GB must be a number of GiB, got {env!r}") from None
+        if np.isfinite(value) and value > 0:
+            return value
+        raise ValueError(f"DAVIZ_MAX_MEMORY_GB must be a positive number of GiB, got {env!r}")
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
+def memory_estimate(system: System | str, N: int, batch: int, filter_kinds=()) -> float:
+    """Rough peak bytes of a twin experiment: each filter's ensemble plus the largest per-step temporaries.
+
+    Deliberately generous (float64, RK4 stages, LETKF's per-grid-point local problems, IEnKF's N×N
+    transforms, MNMEF's N×N attention) so that a run it accepts does not run out of memory.
+    """
+    system = get_system(system) if isinstance(system, str) else system
+    d, p, B, N = system.dim, system.obs_dim, float(batch), float(N)
+    ensemble = 8 * B * N * d
+    temporaries = [12 * ensemble]  # forecast stages, anomalies, copies
+    for kind in filter_kinds:  # "enkf", "letkf", "mnmef", ... (a filter's `name` attribute)
+        if kind == "letkf" and system.periodic:
+            temporaries.append(4 * 8 * B * d * N * p)
+        elif kind == "ienkf":
+            temporaries.append(6 * 8 * B * N * N)
+        elif kind == "mnmef":  # float32: 8-head N×N attention, 64-wide activations, gains
+            temporaries.append(3 * 4 * 8 * B * N * N + 4 * 64 * 32 * B * N + 4 * 4 * B * N * d * p)
+        elif kind == "kalman":
+            temporaries.append(6 * 8 * B * d * d)
+    return len(filter_kinds) * ensemble + max(temporaries)
+
+
+def check_memory(system: System | str, N: int, batch: int, filter_kinds=()) -> float:
+    """Raise ValueError (saying what it needs and the limit) if the run would not fit in memory."""
+    need, limit = memory_estimate(system, N, batch, filter_kinds), available_memory()
+    if need > limit:
+        raise ValueError(f"N={N} with {batch} trajectories needs about {need / 2**30:.3g} GiB, more than the "
+                         f"{limit / 2**30:.3g} GiB available (limit: DAVIZ_MAX_MEMORY_GB, else the free memory); "
+                         "use a smaller N or fewer trajectories")
+    return need
+
 
 class TwinExperiment:
     def __init__(self, system: System | str, sigma_y: float, N: int, filters: Mapping[str, EnsembleFilter],
-                 trajectories: int = 1, seed: int = 0, purpose: str = "test", replicas: int = 1):
+                 trajectories: int = 1, seed: int = 0, purpose: str = "test", replicas: int = 1,
+                 lost_track_window: int = LOST_TRACK_WINDOW):
         self.system = get_system(system) if isinstance(system, str) else system
         if not np.isfinite(sigma_y) or sigma_y <= 0:
             raise ValueError(f"sigma_y must be a positive number, got {sigma_y!r}")
@@ -30,6 +132,11 @@ class TwinExperiment:
             raise ValueError(f"ensemble size N must be an integer >= 2, got N={N!r}")
         if int(trajectories) != trajectories or trajectories < 1 or replicas < 1:
             raise ValueError(f"need trajectories >= 1 and replicas >= 1, got {trajectories!r}, {replicas!r}")
+        if int(lost_track_window) != lost_track_window or lost_track_window < 1:
+            raise ValueError(f"lost_track_window must be a positive integer, got {lost_track_window!r}")
+        # Refuse before allocating: a huge N would otherwise die in the first allocation or mid-run.
+        check_memory(self.system, int(N), int(trajectories) * int(replicas),
+                     [getattr(f, "name", "") for f in filters.values()])
         self.sigma_y, self.N = float(sigma_y), int(N)
         self.trajectories, self.replicas = int(trajectories), int(replicas)
         self.seed, self.purpose = seed, purpose
@@ -51,6 +158,11 @@ class TwinExperiment:
         self.seconds = {name: 0.0 for name in self.filters}
         self._error_sum = {name: np.zeros(B) for name in self.filters}
         self._truth_norm_sum = np.zeros(B)
+        # Ring buffers of the last K errors and truth norms, for the lost-track window.
+        self.lost_track_window = int(lost_track_window)
+        self._recent_error = {name: np.zeros((self.lost_track_window, B)) for name in self.filters}
+        self._recent_truth_norm = np.zeros((self.lost_track_window, B))
+        self._worst_window = {name: np.full(B, -np.inf) for name in self.filters}  # max window R-RMSE so far
 
     def _tile(self, a: np.ndarray) -> np.ndarray:
         return np.tile(a, (self.replicas,) + (1,) * (a.ndim - 1)) if self.replicas > 1 else a
@@ -81,8 +193,11 @@ class TwinExperiment:
         y = self._tile(sys_.observe(truth) + self.sigma_y * self._obs_rng.standard_normal((len(truth), sys_.obs_dim)))
         self.observation = y
         truth_b = self.truth
+        slot = self.cycle % self.lost_track_window
         self.cycle += 1
-        self._truth_norm_sum += np.linalg.norm(truth_b, axis=-1)
+        truth_norm = np.linalg.norm(truth_b, axis=-1)
+        self._truth_norm_sum += truth_norm
+        self._recent_truth_norm[slot] = truth_norm
         for name, f in self.filters.items():
             dead = self.diverged[name]
             if dead.all():
@@ -101,7 +216,11 @@ class TwinExperiment:
                     newly = bad & ~dead
                     state[bad] = np.where(newly[bad, None, None], 0.0, self.states[name][bad])
                 dead |= bad
-                self._error_sum[name] += np.where(dead, 0.0, np.linalg.norm(f.mean(state) - truth_b, axis=-1))
+                error = np.where(dead, 0.0, np.linalg.norm(f.mean(state) - truth_b, axis=-1))
+                self._error_sum[name] += error
+                self._recent_error[name][slot] = error
+                if self.cycle >= self.lost_track_window:
+                    np.maximum(self._worst_window[name], self.window_rrmse(name), out=self._worst_window[name])
             self.states[name] = state
             self.seconds[name] += time.perf_counter() - start
 
@@ -109,6 +228,25 @@ class TwinExperiment:
         """R-RMSE (5.2) over the cycles so far, per filter and trajectory (NaN where diverged)."""
         denom = np.where(self._truth_norm_sum > 0, self._truth_norm_sum, np.nan)
         return {name: np.where(self.diverged[name], np.nan, err / denom) for name, err in self._error_sum.items()}
+
+    def window_rrmse(self, name: str) -> np.ndarray:
+        """(B,) R-RMSE over the last min(K, cycle) cycles (NaN where diverged or before the first cycle)."""
+        with np.errstate(all="ignore"):
+            value = self._recent_error[name].sum(0) / self._recent_truth_norm.sum(0)
+        return np.where(self.diverged[name] | (self.cycle == 0), np.nan, value)
+
+    @property
+    def climatology_level(self) -> float:
+        """The R-RMSE of predicting the climatological mean: above it for K cycles = lost track."""
+        return climatology(self.system)["rrmse"]
+
+    def lost_track(self, name: str, ever: bool = False) -> np.ndarray:
+        """(B,) bool: the R-RMSE over the last K cycles is above the climatological level (finite error,
+        not diverged; False before K cycles). ever=True: at any K-cycle window so far."""
+        if self.cycle < self.lost_track_window:
+            return np.zeros(len(self.diverged[name]), dtype=bool)
+        value = self._worst_window[name] if ever else self.window_rrmse(name)
+        return ~self.diverged[name] & (np.nan_to_num(value, nan=-np.inf) > self.climatology_level)
 
     def run(self, cycles: int, progress: bool = False) -> dict[str, np.ndarray]:
         """Run `cycles` more cycles; returns the per-trajectory R-RMSE of each filter."""
