@@ -32,14 +32,32 @@ def transform_analysis(A, S, delta):
     """Analysis anomalies+mean increment for anomalies A (..., N, m), scaled obs anomalies S (..., N, p)
     and scaled innovation delta (..., p). Returns (..., N, m): (w̄ + T) applied to A, i.e. the
     analysis ensemble minus the forecast mean.
+
+    Works in observation space (p×p eigen-decompositions) when p <= N, else in ensemble space (N×N):
+    the same transform, on the smaller matrix.
     """
-    N = S.shape[-2]
+    N, p = S.shape[-2:]
+    if N < p:
+        return _transform_analysis_ensemble_space(A, S, delta)
     a = N - 1.0
     SV, V, lam = gram_eigen(S)  # SV: (..., N, p)
     g = inverse_sqrt_factor(a, lam)
     w_mean = SV @ ((np.swapaxes(V, -1, -2) @ delta[..., None])[..., 0] / (a + lam))[..., None]  # (..., N, 1)
     SVt_A = np.swapaxes(SV, -1, -2) @ A  # (..., p, m)
     TA = A + SV @ (g[..., None] * SVt_A)
+    return TA + np.swapaxes(w_mean, -1, -2) @ A
+
+
+def _transform_analysis_ensemble_space(A, S, delta):
+    """`transform_analysis` through S Sᵀ = U diag(μ) Uᵀ (N×N): with M = a I + S Sᵀ,
+    w̄ = U diag(1/(a+μ)) Uᵀ S δ and T = √a M^(−1/2) = I + U diag(μ g(μ)) Uᵀ."""
+    a = S.shape[-2] - 1.0
+    M, bad = finite_or_identity(S @ np.swapaxes(S, -1, -2))
+    mu, U = np.linalg.eigh(M)
+    mu = np.where(bad[..., None], np.nan, np.clip(mu, 0.0, None))
+    Ut = np.swapaxes(U, -1, -2)
+    w_mean = U @ ((Ut @ (S @ delta[..., None]))[..., 0] / (a + mu))[..., None]  # (..., N, 1)
+    TA = A + U @ ((mu * inverse_sqrt_factor(a, mu))[..., None] * (Ut @ A))
     return TA + np.swapaxes(w_mean, -1, -2) @ A
 
 

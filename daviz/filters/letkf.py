@@ -33,17 +33,35 @@ class LETKF(EnsembleFilter):
         if self.radius is None or not self.system.periodic:
             return ESRF.analysis(self, E, y, rng)  # no localization: LETKF is the global ETKF
         check_ensemble(E, y, self.system)
-        B = E.shape[0]
-        idx, rho = local_observations(self.system, self.radius, B)
+        if np.ndim(self.radius) == 0:
+            return self._local_analysis(E, y, self.radius)
+        # One radius per batch element (a tuning sweep): solve each radius apart, so small radii get
+        # small local problems instead of the largest radius' padded ones.
+        radius = np.broadcast_to(self.radius, E.shape[:1])
+        out = np.empty_like(E)
+        for r in np.unique(radius):
+            sel = np.flatnonzero(radius == r)
+            out[sel] = self._local_analysis(E[sel], y[sel], float(r))
+        return out
+
+    def _local_analysis(self, E, y, radius: float):
+        idx, rho = local_observations(self.system, radius, 1)
+        rho = rho[0]  # (d, p_eff) for this one radius
         mean = E.mean(axis=1, keepdims=True)
         A = E - mean
         Hx = E[..., self.system.obs_idx]
         h_mean = Hx.mean(axis=1)
         S = (Hx - h_mean[:, None, :]) / self.sigma_y  # (B, N, p)
         delta = (y - h_mean) / self.sigma_y  # (B, p)
-        sqrt_rho = np.sqrt(rho)  # (B, d, p_eff)
-        S_loc = np.moveaxis(S[:, :, idx], 1, 2) * sqrt_rho[:, :, None, :]  # (B, d, N, p_eff)
-        delta_loc = delta[:, idx] * sqrt_rho  # (B, d, p_eff)
-        A_loc = np.moveaxis(A, 1, 2)[..., None]  # (B, d, N, 1)
-        increment = transform_analysis(A_loc, S_loc, delta_loc)[..., 0]  # (B, d, N)
-        return mean + np.moveaxis(increment, 1, 2)
+        # Grid points without any observation in reach keep their forecast: solve only the others.
+        active = np.flatnonzero(rho.max(axis=1) > 0)
+        if active.size == 0:
+            return E.copy()
+        idx, sqrt_rho = idx[active], np.sqrt(rho[active])  # (d_act, p_eff)
+        S_loc = np.moveaxis(S[:, :, idx], 1, 2) * sqrt_rho[None, :, None, :]  # (B, d_act, N, p_eff)
+        delta_loc = delta[:, idx] * sqrt_rho  # (B, d_act, p_eff)
+        A_loc = np.moveaxis(A[:, :, active], 1, 2)[..., None]  # (B, d_act, N, 1)
+        increment = transform_analysis(A_loc, S_loc, delta_loc)[..., 0]  # (B, d_act, N)
+        out = E.copy()
+        out[:, :, active] = mean[:, :, active] + np.moveaxis(increment, 1, 2)
+        return out
