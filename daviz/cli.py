@@ -132,7 +132,8 @@ def check_output(path, flag: str) -> None:
     if path.is_dir():
         raise ValueError(f"{flag} {path} is a folder, not a file")
     if not folder.is_dir():
-        raise ValueError(f"{flag} {path}: folder {folder} does not exist" + ("" if not folder.exists() else " as a folder"))
+        raise ValueError(f"{flag} {path}: " + (f"{folder} is not a folder" if folder.exists() else
+                                                f"folder {folder} does not exist"))
     try:  # a real write, since os.access() says yes to root on read-only mounts and /proc
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".daviz-write-test-")
         os.close(fd)
