@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
-from .train import TABLE_C8, TrainConfig, finetune_config, train
+from .step import MODES
+from .train import SCHEDULES, TABLE_C8, TrainConfig, branch_path, finetune_config, train
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -20,6 +22,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="Table C.8: 1e-3 (ks 5e-4); fine-tune: a tenth")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-2, paper App. C; authors' code: 0)")
     p.add_argument("--lr-milestones", type=float, nargs="*", help="fractions of the epochs where the LR halves (0.2 0.3 0.4)")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="LR schedule: steps (halve at the milestones; default), cosine, or wsd (warm-up, constant, "
+                        "decay over the last --decay-fraction; a run cut short also writes OUT_decayed.pt)")
+    p.add_argument("--warmup-steps", type=int, help="linear LR warm-up steps (default 0)")
+    p.add_argument("--decay-fraction", type=float, help="wsd: fraction of the steps in the final decay (0.2)")
+    p.add_argument("--max-steps", type=int, help="total optimizer steps of the recipe (default: epochs x batches)")
+    p.add_argument("--until-step", type=int, help="stop this run at this global step (wsd: decay a branch to end there)")
+    p.add_argument("--budget-seconds", type=float, help="stop this run after this wall time (wsd: decay a branch to fit)")
+    p.add_argument("--step-mode", default="auto", choices=("auto",) + MODES,
+                   help="auto: eager on CPU, a captured CUDA graph on GPU; compile(+graph): torch.compile'd cycles")
+    p.add_argument("--sync-every", type=int, help="read the loss back every this many steps (default: 1 on CPU, 50 on CUDA)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--note", default=None, help="recipe note recorded in the metadata")
@@ -31,7 +44,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(a) -> dict:
-    keys = ("epochs", "trajectories", "cycles", "batch_size", "lr", "weight_decay", "seed")
+    keys = ("epochs", "trajectories", "cycles", "batch_size", "lr", "weight_decay", "seed", "schedule",
+            "warmup_steps", "decay_fraction", "max_steps")
     kw = {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
     if a.lr_milestones is not None:
         kw["lr_milestones"] = tuple(a.lr_milestones)
@@ -41,15 +55,26 @@ def _overrides(a) -> dict:
 
 
 def _run(cfg: TrainConfig, a) -> int:
-    if a.threads:
+    if a.threads is not None:
+        if a.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {a.threads}")
         torch.set_num_threads(a.threads)
+    if a.sync_every is not None and a.sync_every < 1:
+        raise ValueError(f"--sync-every must be >= 1, got {a.sync_every}")
     meta = train(cfg, a.out, resume=a.resume, device=a.device, checkpoint_minutes=a.checkpoint_minutes,
-                 progress=not a.no_progress)
-    print(json.dumps({k: meta[k] for k in ("system", "sigma_y", "N", "stage", "progress", "training_seconds")}))
+                 progress=not a.no_progress, mode=a.step_mode, until_step=a.until_step,
+                 budget_seconds=a.budget_seconds, sync_every=a.sync_every)
+    keys = ("system", "sigma_y", "N", "stage", "progress", "training_seconds", "step_mode",
+            "trajectory_cycles_per_second_this_run")
+    print(json.dumps({k: meta.get(k) for k in keys}))
+    if meta["progress"].get("kind") == "decayed branch":
+        print(f"decayed branch (the weights to use): {branch_path(a.out)}; resumable trunk: {a.out}")
     return 0
 
 
 def cmd_train(a) -> int:
+    if a.feature_dim is not None and a.feature_dim < 1:
+        raise ValueError(f"--feature-dim must be >= 1, got {a.feature_dim}")
     model = {"feature_dim": a.feature_dim, "loc_activation": a.loc_activation, "inflation_at": a.inflation_at,
              "cov_divisor": a.cov_divisor}
     cfg = TrainConfig(system=a.system, sigma_y=a.sigma_y, N=a.N, model=model, grad_window=a.grad_window, **_overrides(a))
@@ -114,7 +139,11 @@ def main(argv=None) -> int:
     r.add_argument("--N", type=int, help="keep only rows at this N")
     r.set_defaults(func=cmd_record_eval)
     a = parser.parse_args(argv)
-    return a.func(a)
+    try:
+        return a.func(a)
+    except ValueError as err:  # bad input or a stopped run: one clear line, non-zero status (as `daviz`)
+        print(f"daviz: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

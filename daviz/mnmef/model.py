@@ -79,9 +79,23 @@ class MNMEF(nn.Module):
         self.unique_distances = unique
         self.localization = mlp(f, len(unique), w) if unique is not None else None
         self.register_buffer("obs_idx", torch.as_tensor(system.obs_idx, dtype=torch.long), persistent=False)
+        self._obs_slice = _as_slice(system.obs_idx)
         if unique is not None:
             self.register_buffer("idx_vh", torch.as_tensor(idx_vh, dtype=torch.long), persistent=False)
             self.register_buffer("idx_hh", torch.as_tensor(idx_hh, dtype=torch.long), persistent=False)
+            # The lookup g[:, idx] as a product with a 0/1 matrix: the same numbers in float32 (one 1 per
+            # column), but its backward is a matrix product instead of an atomic scatter-add, so a CUDA
+            # training step is bitwise reproducible (exact resume) and has no index kernels to capture.
+            n = len(unique)
+            self.register_buffer("onehot_vh", torch.nn.functional.one_hot(self.idx_vh.reshape(-1), n).T.float(),
+                                 persistent=False)
+            self.register_buffer("onehot_hh", torch.nn.functional.one_hot(self.idx_hh.reshape(-1), n).T.float(),
+                                 persistent=False)
+
+    def observe(self, v):
+        """h(v) for (..., d): a strided slice where the observed sites are evenly spaced (a view, whose
+        backward needs no index kernel), else an index."""
+        return v[..., self._obs_slice] if self._obs_slice is not None else v[..., self.obs_idx]
 
     def head_parameters(self):
         """Parameters fine-tuned for a new N (paper §4.4): gain, inflation, localization."""
@@ -104,7 +118,7 @@ class MNMEF(nn.Module):
         """
         B, N, d = v.shape
         p = y.shape[-1]
-        hv = v[..., self.obs_idx]
+        hv = self.observe(v)
         f_v = self.set_transformer(torch.cat([v, hv], -1))
         f_n = f_v[:, None, :].expand(B, N, f_v.shape[-1])
         wz = self.gain(torch.cat([v, hv, y[:, None, :].expand(B, N, p), f_n], -1))
@@ -115,11 +129,13 @@ class MNMEF(nn.Module):
         K2 = Y.transpose(1, 2) @ Y / c            # (B, p, p)
         g = self.localization_weights(f_v) if loc_override is None else loc_override
         if g is not None:
-            K1 = K1 * g[:, self.idx_vh]
-            K2 = K2 * g[:, self.idx_hh]
+            K1 = K1 * (g @ self.onehot_vh).reshape(B, d, p)
+            K2 = K2 * (g @ self.onehot_hh).reshape(B, p, p)
         K2 = K2 + self.sigma_y**2 * torch.eye(p, dtype=v.dtype, device=v.device)
         innovation = y[:, None, :] - hv - r        # (B, N, p)
-        X = torch.linalg.solve(K2, innovation.transpose(1, 2))  # K2 symmetric: K2⁻¹ δ for every member
+        # solve_ex: no error check, hence no device-to-host sync (a captured CUDA graph allows none);
+        # a singular K2 gives non-finite values, which training and the experiment detect.
+        X = torch.linalg.solve_ex(K2, innovation.transpose(1, 2))[0]  # K2⁻¹ δ for every member
         update = (K1 @ X).transpose(1, 2)
         if self.config.inflation_at == "forecast":
             va = v + self.inflation(torch.cat([v, f_n], -1)) + update
@@ -128,6 +144,16 @@ class MNMEF(nn.Module):
             va = va + self.inflation(torch.cat([va, f_n], -1))
         clamp = self.system.clamp
         return va.clamp(-clamp, clamp), g
+
+
+def _as_slice(idx) -> slice | None:
+    idx = np.asarray(idx)
+    if len(idx) == 0 or idx[0] < 0:
+        return None
+    step = int(idx[1] - idx[0]) if len(idx) > 1 else 1
+    if step <= 0 or not np.array_equal(idx, np.arange(idx[0], idx[0] + step * len(idx), step)):
+        return None
+    return slice(int(idx[0]), int(idx[-1]) + 1, step)
 
 
 def obs_perturbations(shape, sigma_y: float, generator=None, dtype=torch.float32, device="cpu"):

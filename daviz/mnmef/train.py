@@ -2,18 +2,27 @@
 
 Data (facts file): truth chains from the "train" random streams, observed once with fixed noise; every
 epoch cuts `trajectories` windows of `cycles` steps, each start shifted by a random offset in [0, 45),
-in a shuffled order. All randomness of epoch e, batch b, rank k is derived from (seed, e, b, k), so a run
-resumed from a checkpoint (weights, optimizer, scheduler, position) continues exactly.
-Runs data-parallel (DistributedDataParallel) when launched by torchrun (WORLD_SIZE > 1).
+in a shuffled order (an incomplete last batch is dropped). All randomness of epoch e, batch b, rank k is
+derived from (seed, e, b, k), and the learning rate is a pure function of the step, so a run resumed from
+a checkpoint (weights, optimizer, position) continues exactly.
+
+Learning-rate schedules (`TrainConfig.schedule`), each with an optional linear warm-up:
+  steps   halve the LR at `lr_milestones` fractions of the epochs (the authors' code: 200/300/400 of 1000);
+  cosine  cosine decay from the LR to 0 over the run;
+  wsd     warm-up, constant, then cosine decay over the last `decay_fraction` of the run. A run cut short by
+          `until_step` or `budget_seconds` keeps its constant-LR state in `out` (the trunk, which the next
+          run resumes exactly) and decays a branch from it into `branch_path(out)` (the weights to use).
+The step itself (gather, rollout, loss, backward, AdamW) is daviz.mnmef.step.TrainStep: eager on the CPU,
+captured as a CUDA graph (optionally with torch.compile'd cycles) on a GPU.
+Runs data-parallel (DistributedDataParallel, eager steps) when launched by torchrun (WORLD_SIZE > 1).
 """
 from __future__ import annotations
 
 import math
-from collections import Counter
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +31,22 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..seeding import stream
-from ..systems import get_system
+from ..systems import SYSTEM_NAMES, get_system
 from . import checkpoint as ckpt
 from .model import MNMEF, ModelConfig, parameter_counts
-from .rollout import Rollout, masked_mean
+from .rollout import RolloutLoss
+from .step import MODES, STATS, TrainStep, make_optimizer
 
 # Table C.8 (pretraining at N=10): learning rate and batch size per system.
 TABLE_C8 = {"l96": (1e-3, 512), "ks": (5e-4, 256), "l63": (1e-3, 1024), "linear": (1e-3, 512)}
 MAX_OFFSET = 45
+SCHEDULES = ("steps", "cosine", "wsd")
+MAX_N = 1000  # far above the paper's 100; beyond it a step would not fit in memory anyway
+
+
+class TrainingError(ValueError):
+    """Training cannot go on (non-finite loss or weights, out of memory); the message says what is kept.
+    A ValueError, so `daviz` prints it as one line and exits non-zero."""
 
 
 @dataclass
@@ -43,7 +60,11 @@ class TrainConfig:
     batch_size: int | None = None      # None: Table C.8
     lr: float | None = None            # None: Table C.8
     weight_decay: float = 1e-2         # paper App. C (C.13): 1e-2 keeps training stable; authors' code: 0
-    lr_milestones: tuple = (0.2, 0.3, 0.4)  # halve the LR at these fractions of the epochs (code: 200/300/400 of 1000)
+    lr_milestones: tuple = (0.2, 0.3, 0.4)  # schedule "steps": halve the LR at these fractions of the epochs
+    schedule: str = "steps"            # steps | cosine | wsd (see the module docstring)
+    warmup_steps: int = 0              # linear LR warm-up over this many steps
+    decay_fraction: float = 0.2        # wsd: the final decay takes this fraction of the steps
+    max_steps: int | None = None       # total optimizer steps (default: epochs x batches per epoch)
     grad_window: int = 1
     seed: int = 42
     chains: int = 256                  # truth chains generated in parallel; windows are cut along them
@@ -52,15 +73,109 @@ class TrainConfig:
     recipe_note: str = ""
 
     def __post_init__(self):
+        if self.system not in TABLE_C8:
+            raise ValueError(f"unknown system {self.system!r}; choose one of {', '.join(sorted(TABLE_C8))}")
         lr, batch = TABLE_C8[self.system]
         self.lr = lr if self.lr is None else self.lr
         self.batch_size = batch if self.batch_size is None else self.batch_size
+        self.lr_milestones = tuple(self.lr_milestones or ())
+        self.model = dict(self.model or {})
+        validate(self)
         self.batch_size = min(self.batch_size, self.trajectories)
-        self.lr_milestones = tuple(self.lr_milestones)
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(self.trajectories / self.batch_size)
+        return self.trajectories // self.batch_size  # an incomplete last batch is dropped (fixed shapes)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_steps if self.max_steps is not None else self.epochs * self.batches_per_epoch
+
+    @property
+    def milestone_epochs(self) -> list[int]:
+        return sorted({max(1, round(f * self.epochs)) for f in self.lr_milestones})
+
+
+def _int_at_least(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _finite(name, value, positive=False):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
+        raise ValueError(f"{name} must be a finite {'positive' if positive else 'non-negative'} number, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Every input checked before any work, each failure one line naming the value and what is accepted."""
+    _finite("sigma_y", cfg.sigma_y, positive=True)
+    _int_at_least("N (ensemble size)", cfg.N, 2)
+    if cfg.N > MAX_N:
+        raise ValueError(f"N (ensemble size) must be at most {MAX_N}, got {cfg.N}")
+    for name in ("epochs", "trajectories", "cycles", "batch_size", "chains"):
+        _int_at_least(name.replace("_", " "), getattr(cfg, name), 1)
+    _int_at_least("grad window", cfg.grad_window, 0)
+    _int_at_least("warm-up steps", cfg.warmup_steps, 0)
+    _int_at_least("seed", cfg.seed, 0)
+    if cfg.max_steps is not None:
+        _int_at_least("max steps", cfg.max_steps, 1)
+    _finite("learning rate", cfg.lr, positive=True)
+    _finite("weight decay", cfg.weight_decay)
+    if not 0 < float(cfg.decay_fraction) < 1:
+        raise ValueError(f"decay fraction must be in (0, 1), got {cfg.decay_fraction!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    for f in cfg.lr_milestones:
+        if not (isinstance(f, (int, float)) and 0 < f <= 1):
+            raise ValueError(f"LR milestones are fractions of the epochs in (0, 1], got {cfg.lr_milestones!r}")
+    try:
+        ModelConfig(**cfg.model)
+    except TypeError as exc:
+        raise ValueError(f"bad model config {cfg.model!r}: {exc}") from None
+
+
+def check_writable(path) -> None:
+    """Fail now, not after hours of training, if `path` (and its .json sidecar) cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"output {path} is a directory; give a file name such as {path / 'model.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write the output {path}: {exc.strerror or exc}") from None
+
+
+def branch_path(out) -> Path:
+    """Where a wsd run cut short writes its decayed branch (the weights to use)."""
+    out = Path(out)
+    return out.with_name(out.stem + "_decayed" + out.suffix)
+
+
+def lr_at(cfg: TrainConfig, step: int, decay_start: int, decay_steps: int) -> float:
+    """Learning rate of optimizer step `step` (0-based): a pure function, so a resume is exact."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.schedule == "steps":
+        epoch = step // cfg.batches_per_epoch
+        factor = 0.5 ** sum(epoch >= m for m in cfg.milestone_epochs)
+    elif cfg.schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * min(step, cfg.total_steps) / cfg.total_steps))
+    else:  # wsd
+        i = step - decay_start
+        factor = 1.0 if i < 0 else 0.5 * (1 + math.cos(math.pi * min(i, decay_steps) / max(decay_steps, 1)))
+    return cfg.lr * warm * factor
+
+
+def natural_decay(cfg: TrainConfig) -> tuple[int, int]:
+    """(first step, length) of the wsd decay at the end of the full run."""
+    length = max(1, round(cfg.decay_fraction * cfg.total_steps))
+    return cfg.total_steps - length, length
 
 
 def make_data(cfg: TrainConfig):
@@ -113,20 +228,52 @@ def _distributed():
 def _pick_device(device: str | None, rank: int) -> torch.device:
     if device in (None, "auto"):
         device = f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:K") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but this torch sees no CUDA GPU")
+    return dev
+
+
+def pick_mode(mode: str | None, device: torch.device, world: int) -> str:
+    """'auto': eager on the CPU (capture and compile gain little there), a captured graph on CUDA."""
+    if mode in (None, "auto"):
+        return "graph" if device.type == "cuda" and world == 1 else "eager"
+    if mode not in MODES:
+        raise ValueError(f"step mode must be auto or one of {MODES}, got {mode!r}")
+    return mode
+
+
+def load_pretrained(path, system: str | None = None) -> tuple[dict, dict]:
+    """(checkpoint, sidecar) of a pretrained model, with clear errors for unusable files."""
+    data = ckpt.load(path, system=system)
+    if data.get("system") not in SYSTEM_NAMES or data.get("system") not in TABLE_C8:
+        raise ckpt.CheckpointError(f"MNMEF checkpoint {path} was trained for system {data.get('system')!r}, "
+                                   f"which daviz does not know (known: {', '.join(sorted(TABLE_C8))})")
+    for key in ("sigma_y", "model_config"):
+        if key not in data:
+            raise ckpt.CheckpointError(f"MNMEF checkpoint {path} lacks {key!r}")
+    if not isinstance(data["model_config"], dict):
+        raise ckpt.CheckpointError(f"MNMEF checkpoint {path}: model_config is not a mapping")
+    meta = ckpt.read_meta(path)
+    if not isinstance(meta, dict):
+        raise ckpt.CheckpointError(f"MNMEF sidecar {ckpt.sidecar_path(path)} is not a JSON object")
+    return data, meta
 
 
 def init_model(cfg: TrainConfig) -> tuple[MNMEF, dict]:
     """Fresh model, or the pretrained one (set transformer frozen) when fine-tuning."""
     if cfg.finetune_from:
-        data = ckpt.load(cfg.finetune_from, system=cfg.system)
+        data, meta = load_pretrained(cfg.finetune_from, system=cfg.system)
         model = ckpt.build_model(data, cfg.finetune_from)
         if abs(float(data["sigma_y"]) - cfg.sigma_y) > 1e-12:
             raise ckpt.CheckpointError(f"MNMEF checkpoint {cfg.finetune_from} was trained for sigma_y={data['sigma_y']}, not {cfg.sigma_y}")
         for q in model.set_transformer.parameters():
             q.requires_grad_(False)
         cfg.model = model.config.to_dict()
-        return model, {"pretrained_from": str(cfg.finetune_from), "pretrained_meta": ckpt.read_meta(cfg.finetune_from)}
+        return model, {"pretrained_from": str(cfg.finetune_from), "pretrained_meta": meta}
     torch.manual_seed(cfg.seed)  # weight init
     return MNMEF(get_system(cfg.system), cfg.sigma_y, ModelConfig(**cfg.model)), {}
 
@@ -136,116 +283,282 @@ def export_payload(model: MNMEF, cfg: TrainConfig) -> dict:
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, device: str | None = None,
-          checkpoint_minutes: float = 5.0, progress: bool = True, stop_after_batches: int | None = None) -> dict:
-    """Train (or fine-tune) and write `out` (a training-state checkpoint + JSON sidecar). Returns the sidecar.
+def _optimizer_policy(opt, cfg: TrainConfig, dev: torch.device) -> None:
+    """After loading an optimizer state (maybe saved by another device or an older, unfused trainer):
+    the LR back in a device tensor, fused (and capturable on CUDA), step counts where fused AdamW wants them."""
+    lr_t = torch.tensor(float(cfg.lr), dtype=torch.float32, device=dev)
+    for g in opt.param_groups:
+        g.update(lr=lr_t, fused=True, foreach=None, capturable=dev.type == "cuda", weight_decay=cfg.weight_decay)
+    for st in opt.state.values():
+        if isinstance(st.get("step"), torch.Tensor):
+            st["step"] = st["step"].to(device=dev, dtype=torch.float32)
 
-    `stop_after_batches` stops early as if interrupted (tests of `resume`).
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in text or "not enough memory" in text
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, device: str | None = None,
+          checkpoint_minutes: float = 5.0, progress: bool = True, stop_after_batches: int | None = None,
+          mode: str | None = "auto", until_step: int | None = None, budget_seconds: float | None = None,
+          sync_every: int | None = None) -> dict:
+    """Train (or fine-tune) and write `out` (a training-state checkpoint + JSON sidecar). Returns the sidecar
+    of the weights to use: `out`, or for a wsd run cut short, its decayed branch `branch_path(out)`.
+
+    `until_step` stops at that global step, `budget_seconds` after that much wall time in this call (wsd:
+    the trunk stops early enough for a decayed branch to fit). `stop_after_batches` stops as if interrupted
+    (tests of `resume`). `mode`: auto | eager | graph | compile | compile+graph (daviz.mnmef.step).
+    Raises TrainingError (a ValueError) when the loss or the weights turn non-finite: `out` then keeps the
+    last good checkpoint.
     """
     out = Path(out)
+    if not math.isfinite(checkpoint_minutes) or checkpoint_minutes <= 0:
+        raise ValueError(f"checkpoint minutes must be a positive number, got {checkpoint_minutes!r}")
+    if until_step is not None:
+        _int_at_least("until step", until_step, 1)
+    if budget_seconds is not None:
+        _finite("budget seconds", budget_seconds, positive=True)
+    check_writable(out)
+    if cfg.schedule == "wsd":
+        check_writable(branch_path(out))
     stop = _Stop()  # installed first: a SIGTERM during set-up still ends with a checkpoint, not a kill
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
     try:
-        return _train(cfg, out, resume, device, checkpoint_minutes, progress, stop_after_batches, stop)
+        return _Trainer(cfg, out, resume, device, checkpoint_minutes, progress, stop_after_batches, stop, mode,
+                        until_step, budget_seconds, sync_every).run()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
 
 
-def _train(cfg, out, resume, device, checkpoint_minutes, progress, stop_after_batches, stop) -> dict:
-    rank, world = _distributed()
-    dev = _pick_device(device, rank)
-    if cfg.batch_size % world:
-        raise ValueError(f"batch size {cfg.batch_size} must be divisible by the {world} processes")
-    model, extra = init_model(cfg)
-    model.to(dev)
-    params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    milestones = sorted({max(1, round(f * cfg.epochs)) for f in cfg.lr_milestones})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.5)
-    epoch, batch, elapsed, history = 0, 0, 0.0, []
-    if resume and out.is_file():
-        state = ckpt.load(out, system=cfg.system, map_location=dev)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        sched.milestones = Counter(milestones)  # a resume may shorten or lengthen the run
-        epoch, batch, elapsed, history = state["epoch"], state["batch"], state["elapsed"], list(state["history"])
-    runner = Rollout(model, cfg.N, cfg.grad_window).to(dev)
-    if world > 1:
-        runner = torch.nn.parallel.DistributedDataParallel(runner, device_ids=[dev.index] if dev.type == "cuda" else None)
+class _Trainer:
+    def __init__(self, cfg, out, resume, device, checkpoint_minutes, progress, stop_after_batches, stop, mode,
+                 until_step, budget_seconds, sync_every):
+        self.t_start = time.time()
+        self.cfg, self.out, self.stop = cfg, out, stop
+        self.checkpoint_minutes, self.progress = checkpoint_minutes, progress
+        self.stop_after, self.until_step, self.budget = stop_after_batches, until_step, budget_seconds
+        self.rank, self.world = _distributed()
+        self.dev = _pick_device(device, self.rank)
+        self.mode = pick_mode(mode, self.dev, self.world)
+        if self.world > 1 and self.mode != "eager":
+            raise ValueError(f"step mode {self.mode} is single-process only; use eager under torchrun")
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch size {cfg.batch_size} must be divisible by the {self.world} processes")
+        self.sync_every = max(1, sync_every or (50 if self.dev.type == "cuda" else 1))
+        self.model, self.extra = init_model(cfg)
+        self.model.to(self.dev)
+        params = [q for q in self.model.parameters() if q.requires_grad]
+        self.opt = make_optimizer(params, cfg.lr, cfg.weight_decay, self.dev)
+        self.epoch = self.batch = 0
+        self.elapsed, self.history = 0.0, []
+        self.decay_start, self.decay_steps = natural_decay(cfg)
+        self.branch = None  # (from step, decay steps) once a wsd run branches
+        self.last_good = None  # (epoch, batch) of the last checkpoint written
+        if resume and out.is_file():
+            state = ckpt.load(out, system=cfg.system, map_location=self.dev)
+            try:
+                self.model.load_state_dict(state["model"])
+                self.opt.load_state_dict(state["optimizer"])
+                self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+                self.elapsed, self.history = float(state["elapsed"]), list(state["history"])
+            except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                raise ckpt.CheckpointError(f"cannot resume from {out}: it does not fit this run ({type(exc).__name__}: {exc})") from None
+            sched = state.get("scheduler") or {}
+            if sched.get("branch"):  # resuming a decayed branch: keep its decay
+                self.decay_start, self.decay_steps = int(sched["decay_start"]), int(sched["decay_steps"])
+                self.branch = (self.decay_start, self.decay_steps)
+            _optimizer_policy(self.opt, cfg, self.dev)
+            self.last_good = (self.epoch, self.batch)
+        runner = RolloutLoss(self.model, cfg.N, cfg.grad_window).to(self.dev)
+        if self.world > 1:
+            runner = torch.nn.parallel.DistributedDataParallel(
+                runner, device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
+        truth, obs = make_data(cfg)
+        self.chains = truth.shape[0]
+        truth_t = torch.as_tensor(truth, dtype=torch.float32, device=self.dev)
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.dev)
+        self.stepper = TrainStep(runner, self.model, self.opt, truth_t, obs_t, cfg.cycles,
+                                 cfg.batch_size // self.world, cfg.trajectories, self.rank, self.world, self.mode)
+        self.pending = torch.zeros((self.sync_every, len(STATS)), dtype=torch.float32, device=self.dev)
+        self.n_pending = 0
+        self.skipped = 0
+        self.setup_seconds = 0.0
+        self.steps_this_run = 0
 
-    truth, obs = make_data(cfg)
-    chains = truth.shape[0]
-    truth_t = torch.as_tensor(truth, dtype=torch.float32, device=dev)
-    obs_t = torch.as_tensor(obs, dtype=torch.float32, device=dev)
-    steps = torch.arange(cfg.cycles + 1, device=dev)
+    # -- bookkeeping -----------------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self.epoch * self.cfg.batches_per_epoch + self.batch
 
-    def meta(final: bool) -> dict:
-        counts = parameter_counts(model)
+    def meta(self, final: bool) -> dict:
+        cfg = self.cfg
+        rate = self.steps_this_run / self.loop_seconds if getattr(self, "loop_seconds", 0) > 0 else None
         return {
             "system": cfg.system, "sigma_y": cfg.sigma_y, "N": cfg.N,
             "stage": "finetune" if cfg.finetune_from else "pretrain",
-            "model_config": model.config.to_dict(), "parameters": counts,
-            "recipe": {**asdict(cfg), "lr_milestone_epochs": milestones, "batches_per_epoch": cfg.batches_per_epoch},
-            "recipe_note": cfg.recipe_note, "seeds": {"seed": cfg.seed, "streams": "daviz.seeding purpose 'train'"},
-            "progress": {"epoch": epoch, "batch": batch, "finished": final},
-            "loss_history": history[-2000:], "training_seconds": round(elapsed, 1),
+            "model_config": self.model.config.to_dict(), "parameters": parameter_counts(self.model),
+            "recipe": {**asdict(cfg), "lr_milestone_epochs": cfg.milestone_epochs,
+                       "batches_per_epoch": cfg.batches_per_epoch, "total_steps": cfg.total_steps},
+            "recipe_note": cfg.recipe_note, "seeds": {"seed": cfg.seed, "streams": "daviz.seeding purpose 'train'",
+                                                      "rollout_noise": "daviz.mnmef.noise (counter-based)"},
+            "progress": {"epoch": self.epoch, "batch": self.batch, "step": self.step,
+                         "total_steps": cfg.total_steps, "finished": final,
+                         "recipe_complete": self.step >= cfg.total_steps,
+                         "kind": "decayed branch" if self.branch is not None else "main"},
+            "schedule": {"schedule": cfg.schedule, "warmup_steps": cfg.warmup_steps,
+                         "decay_start": self.decay_start, "decay_steps": self.decay_steps,
+                         "branch": None if self.branch is None else {"from_step": self.branch[0], "decay_steps": self.branch[1]},
+                         "lr_now": lr_at(cfg, max(self.step - 1, 0), self.decay_start, self.decay_steps)},
+            "loss_history": self.history[-2000:], "training_seconds": round(self.elapsed, 1),
+            "step_mode": self.mode, "steps_per_second_this_run": None if rate is None else round(rate, 3),
+            "trajectory_cycles_per_second_this_run": None if rate is None else round(rate * cfg.batch_size * cfg.cycles, 1),
             "saved_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "hardware": ckpt.hardware(dev), "world_size": world, "code_version": ckpt.code_version(), **extra,
+            "hardware": ckpt.hardware(self.dev), "world_size": self.world, "code_version": ckpt.code_version(),
+            **self.extra,
         }
 
-    def save(final=False):
-        if rank == 0:
-            payload = export_payload(model, cfg)
-            payload.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=epoch, batch=batch,
-                           elapsed=elapsed, history=history)
-            ckpt.save(out, payload, meta(final))
+    def flush(self) -> None:
+        """Read back the pending per-step stats (the one host sync), append the losses, and stop on a skip."""
+        if not self.n_pending:
+            return
+        vals = self.pending[:self.n_pending].cpu().numpy()
+        first = self.step - self.n_pending
+        self.n_pending = 0
+        for i, (loss, nonfinite, gnorm, skipped) in enumerate(vals):
+            if skipped:
+                s = first + i
+                kept = (f"{self.out} keeps the last good checkpoint (epoch {self.last_good[0]}, batch {self.last_good[1]})"
+                        if self.last_good else f"no checkpoint was written to {self.out}")
+                why = (f"all {self.cfg.batch_size // self.world} trajectories of the batch diverged" if nonfinite
+                       and nonfinite >= self.cfg.batch_size // self.world else f"the gradient is non-finite (norm {gnorm})")
+                raise TrainingError(f"training stopped at step {s} (epoch {s // self.cfg.batches_per_epoch}, batch "
+                                    f"{s % self.cfg.batches_per_epoch}): {why}; the update was skipped; {kept}. "
+                                    f"Try a lower --lr or check the data (sigma_y, system).")
+            self.history.append(round(float(loss), 6))
 
-    local = cfg.batch_size // world
-    total = cfg.epochs * cfg.batches_per_epoch
-    bar = tqdm(total=total, initial=epoch * cfg.batches_per_epoch + batch, disable=not progress or rank != 0,
-               desc=f"mnmef {cfg.system} N={cfg.N}", unit="batch", dynamic_ncols=True)
-    last_save, done_now = time.time(), 0
-    try:
-        while epoch < cfg.epochs:
-            windows = epoch_windows(cfg, chains, epoch)
-            while batch < cfg.batches_per_epoch:
+    def save(self, path: Path, final: bool = False) -> dict:
+        self.flush()
+        meta = self.meta(final)
+        if self.rank == 0:
+            with torch.no_grad():
+                bad = [n for n, q in self.model.named_parameters() if not torch.isfinite(q).all()]
+            if bad:
+                raise TrainingError(f"weights turned non-finite ({', '.join(bad[:3])}...) at step {self.step}; "
+                                    f"not saved; {self.out} keeps the last good checkpoint {self.last_good}")
+            payload = export_payload(self.model, self.cfg)
+            payload.update(optimizer=self.opt.state_dict(), epoch=self.epoch, batch=self.batch, elapsed=self.elapsed,
+                           history=self.history,
+                           scheduler={"schedule": self.cfg.schedule, "decay_start": self.decay_start,
+                                      "decay_steps": self.decay_steps, "branch": self.branch is not None})
+            ckpt.save(path, payload, meta)
+        if path == self.out:
+            self.last_good = (self.epoch, self.batch)
+        return meta
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def end_step(self) -> int:
+        return min(self.cfg.total_steps, self.until_step or self.cfg.total_steps)
+
+    def maybe_branch(self, loop_t0: float) -> bool:
+        """wsd cut short: save the trunk and start the decay now, sized to what is left of the budget."""
+        cfg = self.cfg
+        if cfg.schedule != "wsd" or self.branch is not None or self.step >= self.decay_start:
+            return False
+        if self.until_step is not None and self.until_step < cfg.total_steps:
+            end = self.until_step
+            at = max(round((1 - cfg.decay_fraction) * end), 0)
+            if self.step < at:
+                return False
+            length = end - self.step
+        elif self.budget is not None:
+            remaining = self.budget - (self.setup_seconds)
+            used = time.time() - loop_t0
+            if used < (1 - cfg.decay_fraction) * remaining:
+                return False
+            self.flush()  # the rate below must count finished steps
+            rate = self.steps_this_run / max(time.time() - loop_t0, 1e-9)
+            length = int(rate * max(remaining - used, 0.0))
+            length = min(length, cfg.total_steps - self.step)
+        else:
+            return False
+        if length < 1:
+            return False
+        self.save(self.out)  # the trunk: the next run resumes here, exactly
+        self.branch = (self.step, length)
+        self.decay_start, self.decay_steps = self.branch
+        self.until_step = self.step + length
+        return True
+
+    def run(self) -> dict:
+        cfg, st = self.cfg, self.stepper
+        target = self.out
+        bpe = cfg.batches_per_epoch
+        bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not self.progress or self.rank != 0,
+                   desc=f"mnmef {cfg.system} N={cfg.N}", unit="step", dynamic_ncols=True)
+        windows_epoch = None
+        try:
+            if self.step < self.end_step():  # warm-up / compile / capture now, outside the timed loop
+                st.set_windows(epoch_windows(cfg, self.chains, self.epoch))
+                windows_epoch = self.epoch
+                st.load(self.batch, batch_seed(cfg.seed, self.epoch, self.batch, self.rank),
+                        lr_at(cfg, self.step, self.decay_start, self.decay_steps))
+                st.prepare()
+            self.setup_seconds = time.time() - self.t_start
+            loop_t0 = last_save = time.time()
+            self.loop_seconds = 0.0
+            while self.step < self.end_step():
+                if self.maybe_branch(loop_t0):
+                    target = branch_path(self.out)
+                    self.loop_seconds = time.time() - loop_t0
+                if self.step >= self.end_step():
+                    break
+                if windows_epoch != self.epoch:
+                    st.set_windows(epoch_windows(cfg, self.chains, self.epoch))
+                    windows_epoch = self.epoch
                 t0 = time.time()
-                sel = windows[batch * cfg.batch_size:(batch + 1) * cfg.batch_size][rank * local:(rank + 1) * local]
-                c = torch.as_tensor(sel[:, 0], device=dev)[:, None]
-                t = torch.as_tensor(sel[:, 1], device=dev)[:, None] + steps
-                loss = masked_mean(runner(truth_t[c, t], obs_t[c, t], batch_seed(cfg.seed, epoch, batch, rank)))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                value = loss.detach()
-                if world > 1:
-                    dist.all_reduce(value)
-                    value /= world
-                history.append(round(float(value), 6))
-                batch += 1
-                done_now += 1
-                elapsed += time.time() - t0
+                lr = lr_at(cfg, self.step, self.decay_start, self.decay_steps)
+                stats = st.step(self.batch, batch_seed(cfg.seed, self.epoch, self.batch, self.rank), lr)
+                if self.world > 1:
+                    stats = stats.clone()
+                    dist.all_reduce(stats)
+                    stats[0] /= self.world
+                self.pending[self.n_pending].copy_(stats)
+                self.n_pending += 1
+                self.batch += 1
+                if self.batch == bpe:
+                    self.epoch, self.batch = self.epoch + 1, 0
+                self.steps_this_run += 1
+                if self.n_pending == self.sync_every:
+                    self.flush()
+                    if self.progress and self.history:
+                        bar.set_postfix(epoch=self.epoch, loss=f"{self.history[-1]:.4f}", lr=f"{lr:.1e}")
+                self.elapsed += time.time() - t0
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{history[-1]:.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-                halt = stop.flag or (stop_after_batches is not None and done_now >= stop_after_batches)
-                if world > 1:  # every rank must agree to stop at the same batch
-                    flag = torch.tensor(float(halt), device=dev)
+                halt = self.stop.flag or (self.stop_after is not None and self.steps_this_run >= self.stop_after)
+                if self.budget is not None and time.time() - self.t_start >= self.budget:
+                    halt = True
+                if self.world > 1:  # every rank must agree to stop at the same batch
+                    flag = torch.tensor(float(halt), device=self.dev)
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                     halt = bool(flag.item())
+                self.loop_seconds = time.time() - loop_t0
                 if halt:
-                    save()
-                    return meta(False)
-                if time.time() - last_save > 60 * checkpoint_minutes:
-                    save()
+                    return self.save(target, final=self.step >= self.end_step())
+                if time.time() - last_save > 60 * self.checkpoint_minutes:
+                    self.save(target)
                     last_save = time.time()
-            epoch, batch = epoch + 1, 0
-            sched.step()
-        save(final=True)
-        return meta(True)
-    finally:
-        bar.close()
+            self.loop_seconds = time.time() - loop_t0
+            return self.save(target, final=True)
+        except RuntimeError as exc:
+            if _is_oom(exc):
+                raise TrainingError(f"out of memory with batch {cfg.batch_size // self.world} x N={cfg.N} x "
+                                    f"{cfg.cycles} cycles on {self.dev}; use a smaller --batch-size or --N "
+                                    f"({self.out} keeps its last checkpoint {self.last_good})") from None
+            raise
+        finally:
+            bar.close()
 
 
 def _main_thread() -> bool:
@@ -256,9 +569,10 @@ def _main_thread() -> bool:
 def finetune_config(pretrained: str | Path, N: int, **overrides) -> TrainConfig:
     """Fine-tuning recipe of §4.4 / App. C.4 from a pretrained checkpoint: half the trajectories, LR/10,
     20 epochs; batch halved for N ≥ 40 and quartered for N ≥ 100 (authors' code, memory)."""
-    data = ckpt.load(pretrained)
-    meta = ckpt.read_meta(pretrained)
+    data, meta = load_pretrained(pretrained)
     base = meta.get("recipe", {})
+    if not isinstance(base, dict):
+        raise ckpt.CheckpointError(f"MNMEF sidecar {ckpt.sidecar_path(pretrained)}: 'recipe' is not a mapping")
     system = data["system"]
     lr, batch = TABLE_C8[system]
     lr = base.get("lr", lr) / 10
