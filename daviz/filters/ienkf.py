@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import EnsembleFilter, check_ensemble, inflate
+from .base import EnsembleFilter, check_ensemble, inflate, step_in_chunks
 from .etkf import gram_eigen, inverse_sqrt_factor
 
 
@@ -33,7 +33,7 @@ class IEnKF(EnsembleFilter):
         return x0 + w[:, None, :] @ X0 + T @ X0
 
     def _forecast(self, E, noise):
-        Ef = self.system.step(E)
+        Ef = step_in_chunks(self.system, E)
         return Ef if noise is None else Ef + noise
 
     def cycle(self, E, y, rng):
