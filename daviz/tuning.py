@@ -46,7 +46,7 @@ FALLBACK = {"inflation": 1.05, "radius": {"l96": 3.0, "ks": 4.0}}
 
 # Successive-halving defaults: (trajectories, cycles) of the rounds before the final one; the first runs
 # every coarse grid point, each next one the best 1/KEEP of the previous, and the finer grid joins the last.
-DEFAULT_ROUNDS = ((2, 200), (4, 400), (8, 500))
+DEFAULT_ROUNDS = ((2, 200), (4, 300), (4, 500))
 DEFAULT_FINAL = (16, 1000)
 DEFAULT_KEEP = 3.0
 DEFAULT_FINALISTS = 3

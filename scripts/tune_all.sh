@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# Regenerates the shipped tuned tables (daviz/tuned/*.json), skipping entries already there.
-# Reduced budget for a 2-core machine (tuning trajectories x cycles below); WORKERS=2 uses both cores.
-# Order: what the evaluation needs first (sigma_y=1.0; KS at N=10,20,40), then the rest.
+# Re-tunes every shipped table (daviz/tuned/*.json) by successive halving with the `daviz tune` defaults:
+# every coarse grid point on 2 trajectories x 200 cycles, the best third on 4 x 300, the best third of those
+# plus a finer grid around the optimum on 4 x 500, and the best 3 on 16 x 1000 fresh tuning trajectories.
+# Each entry records that budget and its CPU seconds; settings where every candidate diverges are listed in
+# daviz/tuned/untunable.json. Resumable: --skip-existing leaves entries already tuned this way alone, so
+# after a cut-off, rerun the same command and at most the entry in progress is lost.
+#   nohup nice -n 10 scripts/tune_all.sh > results/tune_log.txt 2>&1 &
+# One process by default (WORKERS=2 uses both cores). Order: KS (corrected zero-mean system) first, L96
+# LETKF sigma_y=0.7 (the acceptance check), KS IEnKF (11 forecasts a cycle, the most expensive),
+# then the rest of L96 and L63.
 set -euo pipefail
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 W=${WORKERS:-1}
-KSI=1.0,1.02,1.05,1.1,1.2,1.3
-l96() { daviz tune --skip-existing --workers "$W" --system l96 --trajectories 8 --cycles 300 "$@"; }
-ks() { daviz tune --skip-existing --workers "$W" --system ks --trajectories 6 --cycles 300 --inflations $KSI "$@"; }
-l63() { daviz tune --skip-existing --workers "$W" --system l63 --trajectories 16 --cycles 500 "$@"; }
-for NS in 10,20,40 5,15,60,100; do
-  for sy in 1.0 0.7; do
-    for f in letkf enkf esrf ienkf; do l96 --filter $f --sigma-y $sy --N $NS; done
-    for f in letkf enkf; do ks --filter $f --sigma-y $sy --N $NS --radii 2,4,6,8,12,16; done
-    for f in esrf ienkf; do ks --filter $f --sigma-y $sy --N $NS; done
-    for f in enkf esrf ienkf; do l63 --filter $f --sigma-y $sy --N $NS; done
-  done
+NS=${NS:-5,10,15,20,40,60,100}
+tune() { daviz tune --skip-existing --workers "$W" --N "$NS" "$@"; }
+for f in letkf enkf esrf; do
+  for sy in 1.0 0.7; do tune --system ks --filter $f --sigma-y $sy; done
+done
+tune --system l96 --filter letkf --sigma-y 0.7
+for sy in 1.0 0.7; do tune --system ks --filter ienkf --sigma-y $sy; done
+tune --system l96 --filter letkf --sigma-y 1.0
+for f in enkf esrf ienkf; do
+  for sy in 1.0 0.7; do tune --system l96 --filter $f --sigma-y $sy; done
+done
+for f in enkf esrf ienkf; do
+  for sy in 1.0 0.7; do tune --system l63 --filter $f --sigma-y $sy; done
 done
