@@ -1,113 +1,63 @@
 """End to end: `panel serve app.py` in a subprocess, driven by real headless Chromium (Playwright).
 
-Run with `pytest -m browser tests/test_app_browser.py`. Needs playwright (python) and a Chromium at
-/usr/bin/chromium (or DAVIZ_CHROMIUM); skipped otherwise. Waits on conditions, never fixed sleeps,
-except where a test checks that something does *not* change for a while.
+Needs playwright (python) and a Chromium at /usr/bin/chromium (or DAVIZ_CHROMIUM); skipped otherwise.
+Waits on conditions, never fixed sleeps, except where a test checks that something does *not* change
+for a while. Bounds on time are generous (a busy CI machine must not fail them); the speed targets
+live in benchmarks/bench_app_browser.py.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
+import urllib.parse
 
+import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("DAVIZ_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-        "--disable-component-update", "--disable-sync"]
+from app_driver import (CHROMIUM, CHROMIUM_ARGS, PLAY_ENABLED, RESET, ROOT, STEPPED, click_and_time, cpu_load,
+                        cycle_of, frame_seq, open_page, served_app, status_of, wait_until)
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 sync_api = pytest.importorskip("playwright.sync_api")
 if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
     pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
-    """Poll `condition` until it returns a truthy value; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-            if last:
-                return last
-        except Exception as exc:  # element not there yet
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+SERVER_ARGS = ["--check-unused-sessions", "1000", "--unused-session-lifetime", "1000"]
+ALL_RUNS = "EnKF,ESRF,LETKF,IEnKF,MNMEF,LETKF (no localization),LETKF (no inflation)"
 
 
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    log = open(ROOT / ".pytest_cache" / "app_server.log", "w") if (ROOT / ".pytest_cache").is_dir() else subprocess.DEVNULL
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "panel", "serve", "app.py", "--port", str(port), "--address", "127.0.0.1",
-         "--allow-websocket-origin", f"127.0.0.1:{port}", "--check-unused-sessions", "2000",
-         "--unused-session-lifetime", "2000"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}/app"
-
-    def up():  # the port accepts connections (a GET of /app would start a whole session)
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-
-    try:
-        wait_until(up, 90, "panel serve to answer")
-        yield {"url": url, "proc": proc}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    log = ROOT / ".pytest_cache" / "app_server.log"
+    log.parent.mkdir(exist_ok=True)
+    with served_app(log, SERVER_ARGS) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
 
-def open_page(browser, url, errors: list):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-    page.goto(url)
-    page.get_by_role("button", name="Play").wait_for(timeout=60_000)
-    wait_until(lambda: page.locator("canvas").count() >= 10, 60, "the plots to draw")
-    return page
+def image_rows(page) -> list[int]:
+    """Rows (sites) of every Hovmöller image of the current layout (the images the newest frame source
+    writes into) as the browser holds them."""
+    return page.evaluate("""() => { let frame = null, seq = -1;
+      for (const d of Bokeh.documents) for (const m of d.all_models)
+        if (m.data != null && m.data.seq !== undefined && (m.tags[0] ?? 0) > seq) { frame = m; seq = m.tags[0] ?? 0; }
+      if (frame === null) return [];
+      const args = frame.js_property_callbacks['change:data'][0].args;
+      const targets = args instanceof Map ? args.get('targets') : args.targets;
+      return targets.map(src => src.data.image[0].shape[0]); }""")
 
 
-def cycle_of(page) -> int:
-    return int(page.locator("#daviz-cycle").inner_text(timeout=5_000))
-
-
-def status_of(page) -> str:
-    return page.locator("#daviz-status").inner_text(timeout=5_000)
-
-
-def test_play_advance_switch_system_and_screenshot(server, browser):
+def test_play_pause_step_switch_system(server, browser, tmp_path):
     errors: list[str] = []
-    page = open_page(browser, server["url"] + "?speed=40", errors)
+    page = open_page(browser, server["url"] + "?speed=40", errors, min_canvases=10)
     assert cycle_of(page) == 0
     canvas = page.locator("canvas").first
     before = canvas.screenshot()
@@ -116,84 +66,156 @@ def test_play_advance_switch_system_and_screenshot(server, browser):
     wait_until(lambda: cycle_of(page) >= 10, 60, "the cycle counter to reach 10")
     assert "cycles/s" in status_of(page)
     wait_until(lambda: canvas.screenshot() != before, 30, "the truth Hovmöller image to change")
-    c1 = cycle_of(page)
+    c1, f1 = cycle_of(page), frame_seq(page)
     frame = canvas.screenshot()
     wait_until(lambda: cycle_of(page) >= c1 + 10, 30, "ten more cycles")
     wait_until(lambda: canvas.screenshot() != frame, 30, "the image to scroll on")
-
-    # Let the window fill for the documentation screenshot (bounded wait), then save it.
-    try:
-        wait_until(lambda: cycle_of(page) >= 240, 20, "a full window")
-    except AssertionError:
-        pass
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    page.screenshot(path=str(docs / "screenshot.png"), full_page=True)
+    assert frame_seq(page) > f1, "the browser acknowledges the frames it draws"
+    page.screenshot(path=str(tmp_path / "l96.png"), full_page=True)
 
     # Pause stops the counter; Step advances exactly one.
     page.get_by_role("button", name="Pause").click()
     sync_api.expect(page.get_by_role("button", name="Play")).to_be_enabled(timeout=10_000)
+    wait_until(lambda: "paused" in status_of(page), 10, "the status to say paused")
     paused = cycle_of(page)
-    time.sleep(0.6)  # checking that nothing happens needs a little time
+    time.sleep(1.0)  # checking that nothing happens needs a little time
     assert cycle_of(page) == paused
     page.get_by_role("button", name="Step").click()
     wait_until(lambda: cycle_of(page) == paused + 1, 10, "Step to advance one cycle")
 
     # Switch the system: the experiment restarts from cycle 0 and the plots rebuild for 128 sites.
-    n_canvas = page.locator("canvas").count()
     select = page.locator("select", has=page.locator("option", has_text="Kuramoto"))
     select.select_option(label="Kuramoto–Sivashinsky")
-    wait_until(lambda: "Kuramoto" in status_of(page) and cycle_of(page) == 0, 30,
+    wait_until(lambda: "Kuramoto" in status_of(page) and cycle_of(page) == 0, 60,
                "the restart after switching system")
+    wait_until(lambda: "system=ks" in page.url, 10, "the URL to follow the settings")
     page.get_by_role("button", name="Play").click()
     wait_until(lambda: cycle_of(page) >= 5, 60, "the KS experiment to advance")
-    assert page.locator("canvas").count() >= n_canvas - 3
-    assert page.get_by_text("127").first.is_visible() or True  # y ticks of the KS grid (best effort)
+    rows = image_rows(page)
+    assert rows and all(r == 128 for r in rows), rows  # every KS image holds 128 sites
 
     # Lorenz '63 shows traces instead of images.
     select.select_option(label="Lorenz '63")
-    wait_until(lambda: "Lorenz '63" in status_of(page), 30, "the switch to Lorenz '63")
+    wait_until(lambda: "Lorenz '63" in status_of(page), 60, "the switch to Lorenz '63")
     start = cycle_of(page)
     wait_until(lambda: cycle_of(page) >= start + 3, 60, "the Lorenz '63 experiment to advance")
-
-    # An invalid input shows a message instead of crashing the session.
-    seed = page.get_by_label("Seed")
-    seed.fill("-7")
-    seed.press("Enter")
-    wait_until(lambda: page.get_by_text("seed must be an integer").count() > 0, 20, "the invalid seed message")
-    seed.fill("3")
-    seed.press("Enter")
-    wait_until(lambda: page.get_by_text("seed must be an integer").count() == 0, 20, "the message to clear")
-    page.get_by_role("button", name="Play").click()
-    start = cycle_of(page)
-    wait_until(lambda: cycle_of(page) >= start + 3, 60, "the session to go on after the bad input")
+    assert image_rows(page) == []
     assert not errors, errors
     page.context.close()
 
 
-def test_sessions_are_independent_and_memory_bounded(server, browser):
+def test_controls_answer_under_load(server, browser):
+    """All seven filters at full speed with two CPU-bound processes beside the server: Pause, Step,
+    Reset and a preset change are answered (the old design never answered Pause within 120 s)."""
+    with cpu_load(2):
+        page = open_page(browser, server["url"] + f"?speed=60&filters={urllib.parse.quote(ALL_RUNS)}",
+                         min_canvases=10)
+        page.get_by_role("button", name="Play").click()
+        wait_until(lambda: frame_seq(page) >= 3, 120, "three frames drawn")
+        ms = click_and_time(page, "Pause", PLAY_ENABLED, timeout_ms=20_000)
+        assert 0 <= ms < 20_000, f"Pause not answered ({ms:.0f} ms)"
+        time.sleep(1.0)  # the cycle that was running when Pause came is drawn, then nothing moves
+        ms = click_and_time(page, "Step", STEPPED, timeout_ms=20_000)
+        assert 0 <= ms < 20_000, f"Step not answered ({ms:.0f} ms)"
+        page.get_by_role("button", name="Play").click()
+        wait_until(lambda: cycle_of(page) >= 20, 120, "playing again")
+        ms = click_and_time(page, "Reset", RESET, timeout_ms=30_000)
+        assert 0 <= ms < 30_000, f"Reset not answered ({ms:.0f} ms)"
+        preset = page.locator("select", has=page.locator("option", has_text="Why inflation"))
+        preset.select_option(label="Why inflation")
+        wait_until(lambda: "LETKF (no inflation)" in status_of(page) and "ESRF" not in status_of(page), 30,
+                   "the preset to apply")
+        page.context.close()
+
+
+def test_bad_urls_render_a_message_and_inject_nothing(server, browser):
+    cases = {
+        "sigma_y=0": "sigma_y=0", "sigma_y=nan": "sigma_y=nan", "sigma_y=20": "sigma_y=20",
+        "seed=-1": "seed=-1", "filters=": "EnKF",  # an empty value is ignored: the default filters run
+        "system=l63&sigma_y=0.5&filters=MNMEF": "MNMEF",
+        "seed=" + urllib.parse.quote("[Session expired, log in again](https://evil.example/login)"): "Session expired",
+        "seed=" + urllib.parse.quote("![x](http://127.0.0.2:9/track.png)"): "track.png",
+    }
+    for query, shown in cases.items():
+        errors: list[str] = []
+        requests: list[str] = []
+        context = browser.new_context(viewport={"width": 1366, "height": 768})
+        page = context.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server["url"] + "?" + query)
+        page.get_by_role("button", name="Play").wait_for(timeout=90_000)
+        wait_until(lambda: page.get_by_text(shown).count() > 0, 60, f"a message naming {shown!r} for ?{query}")
+        links = page.evaluate("""() => { const out = []; const stack = [document];
+          while (stack.length) { const r = stack.pop();
+            for (const el of r.querySelectorAll('a[href], img')) out.push(el.outerHTML);
+            for (const el of r.querySelectorAll('*')) if (el.shadowRoot) stack.push(el.shadowRoot); }
+          return out; }""")
+        assert not [x for x in links if "evil.example" in x or "track.png" in x], links
+        hosts = {urllib.parse.urlsplit(u).hostname for u in requests}
+        assert not hosts & {"127.0.0.2", "evil.example"}, requests  # no remote image was fetched
+        assert not errors, (query, errors)
+        context.close()
+
+
+def test_corrupt_weights_folder_keeps_the_page(browser, tmp_path):
+    (tmp_path / "l96_sigma1.0_N10.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "l96_sigma1.0_N10.json").write_text("[1, 2, 3]")
+    with served_app(None, SERVER_ARGS, env={"DAVIZ_PRETRAINED_DIR": str(tmp_path)}) as srv:
+        page = open_page(browser, srv["url"] + "?filters=MNMEF,EnKF&N=10", min_canvases=4)
+        wait_until(lambda: page.get_by_text("MNMEF unavailable").count() > 0, 60, "the MNMEF message")
+        page.get_by_role("button", name="Play").click()
+        wait_until(lambda: cycle_of(page) >= 3, 60, "EnKF to run without MNMEF")
+        page.goto(srv["url"] + "?filters=MNMEF")
+        page.get_by_role("button", name="Play").wait_for(timeout=60_000)
+        wait_until(lambda: page.get_by_text("MNMEF unavailable").count() > 0, 60, "the message, MNMEF alone")
+        page.context.close()
+
+
+def test_diagnostics_lecture_mode_and_download(server, browser, tmp_path):
+    page = open_page(browser, server["url"] + "?filters=EnKF,LETKF&N=10&speed=30", min_canvases=4)
+    n_canvas = page.locator("canvas").count()
+    page.get_by_role("button", name="Diagnostics").click()
+    wait_until(lambda: page.locator("canvas").count() >= n_canvas + 3, 30, "the diagnostics plots")
+    page.get_by_role("button", name="Play").click()
+    wait_until(lambda: cycle_of(page) >= 30, 60, "30 cycles")
+    page.get_by_role("button", name="Pause").click()
+    sync_api.expect(page.get_by_role("button", name="Play")).to_be_enabled(timeout=10_000)
+    with page.expect_download(timeout=30_000) as info:
+        page.get_by_role("button", name="Download this run (.npz)").click()
+    path = tmp_path / "run.npz"
+    info.value.save_as(path)
+    data = np.load(path)
+    shown = cycle_of(page)
+    assert data["cycle"][-1] >= shown - 1 and data["truth"].shape[1] == 40
+    assert {"EnKF__mean", "LETKF__spread"} <= set(data.files) and "code_version" in str(data["settings"])
+    page.get_by_role("button", name="Lecture mode").click()
+    wait_until(lambda: page.locator("canvas").count() < n_canvas + 3, 30, "the lecture layout")
+    page.context.close()
+
+
+def test_sessions_are_independent_and_freed(server, browser):
     psutil = pytest.importorskip("psutil")
     proc = psutil.Process(server["proc"].pid)
-    errors: list[str] = []
-    pages = [open_page(browser, server["url"] + f"?filters=EnKF,LETKF&N=10&speed={s}&seed={i}", errors)
-             for i, s in enumerate((8, 12, 16, 20))]
-    for page in pages:
-        page.get_by_role("button", name="Play").click()
-    rss0 = proc.memory_info().rss
-    wait_until(lambda: all(cycle_of(p) >= 40 for p in pages), 60, "all four sessions to run 40 cycles")
-
-    pages[0].get_by_role("button", name="Pause").click()
-    sync_api.expect(pages[0].get_by_role("button", name="Play")).to_be_enabled(timeout=10_000)
-    frozen = cycle_of(pages[0])
-    others = [cycle_of(p) for p in pages[1:]]
-    wait_until(lambda: all(cycle_of(p) >= c + 40 for p, c in zip(pages[1:], others)), 60,
-               "the other three sessions to keep going")
-    assert cycle_of(pages[0]) == frozen, "pausing one session must not move or stop the others"
-    counts = [cycle_of(p) for p in pages]
-    assert counts[3] > counts[1], f"a faster session runs more cycles: {counts}"
-    rss1 = proc.memory_info().rss
-    assert rss1 < 2.5e9, f"server RSS {rss1 / 1e6:.0f} MB"
-    assert rss1 - rss0 < 400e6, f"server RSS grew {(rss1 - rss0) / 1e6:.0f} MB in ~30 s of four sessions"
-    for page in pages:
-        page.context.close()
-    assert not errors, errors
+    rss = []
+    for round_ in range(3):
+        pages = [open_page(browser, server["url"] + f"?filters=EnKF,LETKF&N=10&speed={s}&seed={i}")
+                 for i, s in enumerate((8, 12, 16, 20))]
+        for page in pages:
+            page.get_by_role("button", name="Play").click()
+        wait_until(lambda: all(cycle_of(p) >= 30 for p in pages), 90, "all four sessions to run 30 cycles")
+        if round_ == 0:
+            pages[0].get_by_role("button", name="Pause").click()
+            sync_api.expect(pages[0].get_by_role("button", name="Play")).to_be_enabled(timeout=10_000)
+            time.sleep(1.0)
+            frozen = cycle_of(pages[0])
+            others = [cycle_of(p) for p in pages[1:]]
+            wait_until(lambda: all(cycle_of(p) >= c + 30 for p, c in zip(pages[1:], others)), 90,
+                       "the other three sessions to keep going")
+            assert cycle_of(pages[0]) == frozen, "pausing one session must not move or stop the others"
+        for page in pages:
+            page.context.close()
+        # Closed tabs stop at once: the server goes back to idle (no session keeps computing).
+        wait_until(lambda: proc.cpu_percent(interval=2.0) < 15.0, 60, "the server to go idle after the tabs closed")
+        rss.append(proc.memory_info().rss)
+    assert rss[2] - rss[0] < 150e6, f"server RSS grew {(rss[2] - rss[0]) / 1e6:.0f} MB over two more rounds"

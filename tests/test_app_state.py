@@ -1,14 +1,19 @@
-"""The explorer's state and view logic, without a browser."""
+"""The explorer's state, recorder, wire format and view logic, without a browser."""
 from __future__ import annotations
 
-import asyncio
+import io
+import json
+import time
 
 import numpy as np
 import pytest
 
-from daviz.app import state as state_mod
+from daviz.app import mnmef_weights
+from daviz.app.frames import MISSING, dequantize, quantize
 from daviz.app.presets import PRESETS
+from daviz.app.recorder import CycleSample, Recorder, Ring
 from daviz.app.state import ExplorerState
+from daviz.systems import get_system
 
 FAST = ["EnKF", "LETKF"]  # cheap filters keep these tests quick
 
@@ -20,21 +25,85 @@ def st():
     return s
 
 
+@pytest.fixture
+def no_mnmef(monkeypatch):
+    monkeypatch.setattr(mnmef_weights, "get_filter", lambda *a: (None, "no weights in this test"))
+
+
+# ---------------------------------------------------------------------------- recorder and wire format
+def test_ring_keeps_the_last_values_oldest_first():
+    r = Ring((2,), window=4)
+    for v in range(6):
+        r.push([v, 10 * v])
+    np.testing.assert_array_equal(r.ordered(), [[2, 3, 4, 5], [20, 30, 40, 50]])
+    np.testing.assert_array_equal(r.last(2), [[4, 5], [40, 50]])
+
+
+def test_quantize_keeps_a_colour_level_and_marks_missing():
+    lo, hi = -7.0, 12.0
+    v = np.array([lo, hi, 0.0, 3.3, np.nan, np.inf, -100.0, 100.0])
+    codes = quantize(v, lo, hi)
+    assert codes.dtype == np.uint8
+    assert codes[0] == 0 and codes[1] == 254 and codes[4] == MISSING and codes[5] == MISSING
+    assert codes[6] == 0 and codes[7] == 254  # clipped, as the colour map would show them
+    back = dequantize(codes, lo, hi)
+    step = (hi - lo) / 254
+    assert np.all(np.abs(back[:4] - v[:4]) <= step / 2 + 1e-6)  # within half a level: invisible in 256 colours
+    assert np.isnan(back[4]) and np.isnan(back[5])
+
+
+def test_recorder_window_rrmse_and_rank_histogram():
+    sys_ = get_system("l96")
+    rec = Recorder(sys_, ["A"], window=50, ensemble_size=9)
+    rng = np.random.default_rng(0)
+    for c in range(200):
+        truth = rng.standard_normal(sys_.dim)
+        members = rng.standard_normal((9, sys_.dim))  # truth and members from one distribution
+        mean = members.mean(0)
+        rank = (members < truth).sum(0)
+        rec.append(c, truth, rng.standard_normal(len(sys_.obs_idx)),
+                   {"A": CycleSample(mean, members.std(0, ddof=1), 0.5, rank)})
+    assert rec.last_cycle == 199 and rec.new_columns(190) == 9 and rec.new_columns(-1) == 50
+    err = np.linalg.norm(rec.runs["A"].mean.ordered() - rec.truth.ordered(), axis=0).sum()
+    assert rec.window_rrmse("A") == pytest.approx(err / np.linalg.norm(rec.truth.ordered(), axis=0).sum())
+    for observed in (True, False):
+        h = rec.rank_histogram("A", observed)
+        assert h.shape == (10,) and h.sum() == 50 * (10 if observed else 30)
+        # a calibrated ensemble: every rank about equally likely (chi-square, 9 dof, p ~ 0.001)
+        expected = h.sum() / 10
+        assert ((h - expected) ** 2 / expected).sum() < 28
+
+
+def test_recorder_download_has_the_window_and_settings():
+    sys_ = get_system("l96")
+    rec = Recorder(sys_, ["LETKF (no inflation)"], window=5, ensemble_size=4)
+    for c in range(7):
+        rec.append(c, np.full(sys_.dim, c, float), None if c == 0 else np.zeros(10),
+                   {"LETKF (no inflation)": CycleSample(np.zeros(40), np.ones(40), 0.1 * c)})
+    data = np.load(io.BytesIO(rec.to_npz({"system": "l96", "N": 4})))
+    np.testing.assert_array_equal(data["cycle"], [2, 3, 4, 5, 6])
+    assert data["truth"].shape == (5, 40) and data["truth"][0, 0] == 2
+    assert data["observations"].shape == (5, 10)
+    assert data["LETKF_no_inflation__mean"].shape == (5, 40)
+    assert json.loads(str(data["settings"]))["N"] == 4
+
+
+# ---------------------------------------------------------------------------- state
 def test_builds_and_step_advances_one_cycle(st):
     assert st.experiment is not None and st.message == ""
     assert st.cycle == 0
     assert st.step() == 1
     assert st.cycle == 1 and st.experiment.cycle == 1 and not st.playing
-    assert np.isfinite(st.truth_buf[:, -1]).all()
-    assert np.isnan(st.truth_buf[:, 0]).all()  # the window is not full yet
-    obs = st.obs_buf[:, -1]
+    rec = st.recorder
+    assert np.isfinite(rec.truth.last(1)).all() and rec.last_cycle == 1
+    obs = rec.obs.last(1)[:, 0]
     assert np.isfinite(obs[st.sys.obs_idx]).all() and np.isnan(np.delete(obs, st.sys.obs_idx)).all()
     for label in FAST:
-        b = st.buffers[label]
-        assert np.isfinite(b.mean[:, -1]).all() and np.isfinite(b.spread[:, -1]).all()
-        assert np.allclose(b.error[:, -1], np.abs(b.mean[:, -1] - st.truth_buf[:, -1]))
-    assert st.advance(3) == 3 and st.cycle == 4
-    assert st.cycles[-1] == 4
+        r = rec.runs[label]
+        assert np.isfinite(r.mean.last(1)).all() and np.isfinite(r.spread.last(1)).all()
+        np.testing.assert_allclose(r.error.last(1), np.abs(r.mean.last(1) - rec.truth.last(1)))
+        assert ((r.rank.last(1) >= 0) & (r.rank.last(1) <= st.N)).all()
+    assert st.advance(3) == 3 and st.cycle == 4 and rec.last_cycle == 4
 
 
 def test_setup_changes_restart_and_reset_tuned_defaults(st):
@@ -57,17 +126,14 @@ def test_setup_changes_restart_and_reset_tuned_defaults(st):
     st.advance(2)
     st.seed = 3
     assert st.cycle == 0 and st.experiment.seed == 3
-    st.advance(2)
     st.sigma_y = 0.5
     assert st.cycle == 0 and st.experiment.sigma_y == 0.5
-    st.advance(2)
     st.filters = ["ESRF"]
-    assert st.cycle == 0 and list(st.experiment.filters) == ["ESRF"] and list(st.buffers) == ["ESRF"]
+    assert list(st.experiment.filters) == ["ESRF"] and list(st.recorder.runs) == ["ESRF"]
 
     st.system = "ks"
-    assert st.cycle == 0 and st.experiment.system.name == "ks"
-    assert st.truth_buf.shape == (128, st.window) and st.param.component.bounds == (0, 127)
-    st.advance(1)
+    assert st.experiment.system.name == "ks" and st.recorder.dim == 128
+    assert st.param.component.bounds == (0, 127)
     st.system = "l63"
     assert st.experiment.system.name == "l63" and st.localization == "off"
     st.filters = ["LETKF", "EnKF"]  # LETKF on L63 runs as the global ETKF
@@ -76,18 +142,18 @@ def test_setup_changes_restart_and_reset_tuned_defaults(st):
 
 def test_reset_replays_the_same_truth(st):
     st.advance(4)
-    first = st.truth_buf[:, -4:].copy()
+    first = st.recorder.truth.last(4)
     st.reset()
     assert st.cycle == 0
     st.advance(4)
-    np.testing.assert_array_equal(st.truth_buf[:, -4:], first)
+    np.testing.assert_array_equal(st.recorder.truth.last(4), first)
 
 
 def test_play_pause_and_speed(st):
     assert st.cycles_due() == 0  # paused
     st.play()
     assert st.playing
-    assert st.cycles_due(now=100.0) == 1  # first tick runs one cycle
+    assert st.cycles_due(now=100.0) == 1  # first look runs one cycle
     st.speed = 20
     assert st.cycles_due(now=100.25) == 5  # 20 cycles/s × 0.25 s
     assert st.cycles_due(now=200.0) == 10  # a long stall is capped at half a second of work
@@ -95,29 +161,46 @@ def test_play_pause_and_speed(st):
     assert not st.playing and st.cycles_due() == 0
 
 
+def test_an_advance_for_the_player_stops_at_pause(st, monkeypatch):
+    st.play()
+    calls = []
+    real_step = st.experiment.step
+
+    def step_then_pause():
+        real_step()
+        calls.append(1)
+        if len(calls) == 2:
+            st.pause()  # the user clicks Pause while the engine is running
+
+    monkeypatch.setattr(st.experiment, "step", step_then_pause)
+    assert st.advance(50, while_playing=True) == 2
+    assert st.advance(3) == 3  # Step ignores playing
+
+
 def test_forced_divergence_is_flagged_and_others_continue(st):
     st.advance(2)
     st.experiment.states["EnKF"][:] = np.nan  # force the EnKF ensemble non-finite
     st.advance(3)
-    assert st.diverged() == {"EnKF": True, "LETKF": False}
+    assert st.run_status("EnKF") == "diverged" and st.run_status("LETKF") == ""
     assert st.cycle == 5
     assert "EnKF diverged" in st.status_line()
     assert np.isnan(st.current_rrmse()["EnKF"]) and np.isfinite(st.current_rrmse()["LETKF"])
-    assert np.isnan(st.buffers["EnKF"].mean[:, -3:]).all()
-    assert np.isfinite(st.buffers["LETKF"].mean[:, -3:]).all()
-    st.advance(2)
-    assert st.cycle == 7 and st.diverged()["EnKF"]
+    assert np.isnan(st.recorder.runs["EnKF"].mean.last(3)).all()
+    assert np.isfinite(st.recorder.runs["LETKF"].mean.last(3)).all()
 
 
-def test_huge_ensemble_diverges_too(st):
-    st.experiment.states["LETKF"][:] = 1e300
-    st.advance(2)
-    assert st.diverged()["LETKF"] and not st.diverged()["EnKF"]
+def test_lost_track_is_flagged_while_finite():
+    s = ExplorerState(filters=["LETKF (no localization)", "LETKF"], N=5)
+    s.max_seconds_per_advance = 600.0
+    s.advance(150)
+    rec = s.recorder
+    assert s.run_status("LETKF (no localization)") == "lost track"
+    assert np.isfinite(rec.runs["LETKF (no localization)"].mean.last(1)).all()  # finite: not 'diverged'
+    assert s.run_status("LETKF") == ""
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_presets_set_what_they_say(st, name, monkeypatch):
-    monkeypatch.setattr(state_mod, "load_mnmef", lambda *a: (None, "no weights in this test"))
+def test_presets_set_what_they_say(st, name, no_mnmef):
     st.preset = name
     settings = PRESETS[name]["settings"]
     for key, value in settings.items():
@@ -140,29 +223,36 @@ def test_preset_variants_use_their_overrides(st):
     assert f["LETKF (no inflation)"].inflation == 1.0 and f["LETKF"].inflation > 1.0
 
 
-def test_invalid_inputs_show_a_message_and_never_raise(st):
-    st.sigma_y = -1.0
-    assert "σ_y" in st.message and st.experiment is None and not st.playing
+@pytest.mark.parametrize("name, value", [("sigma_y", -1.0), ("sigma_y", 0.0), ("sigma_y", 20.0),
+                                         ("sigma_y", float("nan")), ("seed", -5), ("N", 1), ("N", 500)])
+def test_out_of_range_values_are_refused_and_nothing_changes(st, name, value):
+    before = getattr(st, name)
+    with pytest.raises(ValueError):
+        setattr(st, name, value)
+    assert getattr(st, name) == before and st.experiment is not None
+
+
+def test_no_filter_gives_a_message_and_play_retries(st):
+    st.filters = []
+    assert "at least one filter" in st.message and st.experiment is None
     assert st.advance(3) == 0 and st.step() == 0
     st.play()  # retries, fails again, stays paused
     assert not st.playing
-    st.sigma_y = 0.8
-    assert st.message == "" and st.experiment is not None
-    st.seed = -5
-    assert "seed" in st.message
-    st.seed = 1
-    st.filters = []
-    assert "at least one filter" in st.message
     st.filters = ["EnKF"]
-    assert st.advance(1) == 1
+    assert st.message == "" and st.advance(1) == 1
 
 
-def test_mnmef_unavailable_keeps_the_others(monkeypatch):
-    monkeypatch.setattr(state_mod, "load_mnmef", lambda *a: (None, "CheckpointError: no weights"))
+def test_mnmef_unavailable_keeps_the_others(no_mnmef):
     s = ExplorerState(filters=["EnKF", "MNMEF"], N=10)
     assert [r.label for r in s.runs] == ["EnKF"]
-    assert "MNMEF unavailable: CheckpointError" in s.mnmef_status
+    assert s.mnmef_status == "MNMEF unavailable: no weights in this test"
     assert s.advance(2) == 2
+
+
+def test_mnmef_alone_and_unavailable_renders_a_message(no_mnmef):
+    s = ExplorerState(system="l63", sigma_y=0.5, filters=["MNMEF"], N=10)
+    assert s.experiment is None and s.recorder is None
+    assert "no filter could be built" in s.message and "no weights in this test" in s.message
 
 
 def test_engine_error_pauses_with_message(st, monkeypatch):
@@ -183,73 +273,138 @@ def test_sessions_are_independent():
     a.advance(3)
     assert b.cycle == 0  # no shared experiment
     b.advance(3)
-    np.testing.assert_array_equal(a.truth_buf, b.truth_buf)  # same seed, same truth
+    np.testing.assert_array_equal(a.recorder.truth.last(3), b.recorder.truth.last(3))  # same seed, same truth
     c.advance(3)
-    assert not np.allclose(a.truth_buf[:, -3:], c.truth_buf[:, -3:])
-    assert a.experiment is not b.experiment and a.buffers["EnKF"].mean is not b.buffers["EnKF"].mean
-
-
-def test_learned_localization_summary(st):
-    class FakeLoc:
-        last_localization = None
-        unique_distances = np.arange(21)
-
-    b = st.buffers["LETKF"]
-    for i in range(4):
-        b.loc_history.append(np.linspace(1, 0, 21) + i)
-    st.experiment.filters["LETKF"] = type("F", (), {"unique_distances": np.arange(21.0)})()
-    x, m, s = st.learned_localization("LETKF")
-    assert x.shape == m.shape == s.shape == (21,)
-    assert m[0] == pytest.approx(2.5) and s[0] == pytest.approx(np.std([1, 2, 3, 4]))
-    gc = st.gaspari_cohn_curve(x)
-    assert gc[0] == 1.0 and gc[-1] == 0.0
+    assert not np.allclose(a.recorder.truth.last(3), c.recorder.truth.last(3))
+    assert a.experiment is not b.experiment and a.recorder is not b.recorder
 
 
 def test_rolling_window_is_bounded():
     s = ExplorerState(filters=["EnKF"], N=5, window=20)
     s.max_seconds_per_advance = 60.0
     s.advance(35)
-    assert s.truth_buf.shape == (40, 20) and s.cycles[0] == 16 and s.cycles[-1] == 35
-    assert np.isfinite(s.truth_buf).all()
+    rec = s.recorder
+    assert rec.truth.data.shape == (40, 20)
+    np.testing.assert_array_equal(rec.cycles.ordered(), np.arange(16, 36))
+    assert np.isfinite(rec.truth.ordered()).all()
+
+
+def test_a_runner_defers_restarts_and_play_waits_for_them(st):
+    jobs = []
+    st.runner = jobs.append
+    st.advance(3)
+    st.seed = 9
+    assert st.restarting and st.experiment.seed == 0 and len(jobs) == 1  # nothing rebuilt yet
+    st.play()
+    assert not st.playing  # it plays once the restart has built the experiment
+    jobs.pop(0)()
+    assert st.experiment.seed == 9 and st.cycle == 0 and not st.restarting and st.playing
 
 
 # ---------------------------------------------------------------------------- the view (no browser)
-def test_explorer_view_refreshes_and_rebuilds():
-    pn = pytest.importorskip("panel")
-    from daviz.app.explorer import Explorer
-
-    e = Explorer(filters=FAST, N=10)
-    plots = e.plots
-    e.state.advance(3)
-    e.refresh()
-    assert e.plots is plots  # same system and runs: data swap only
-    src, _ = plots.image_sources[0]
-    assert src.data["image"][0].shape == (40, e.state.window) and src.data["image"][0].dtype == np.float32
-    assert plots.x_range.end == pytest.approx(3.5)
-    assert "cycle <span id='daviz-cycle'>3</span>" in e.status.object
-    e.state.system = "l63"
-    assert e.plots is not plots and not e.plots.image_sources and len(e.plots.series) == 3
-    e.state.system = "ks"
-    assert e.plots.image_sources[0][0].data["image"][0].shape == (128, e.state.window)
-    e.state.sigma_y = -3
-    assert e.message.visible and "σ_y" in e.message.object
-    assert isinstance(e.template(), pn.template.BootstrapTemplate)
-
-
-def test_tick_runs_in_a_thread_and_never_overlaps():
+def _explorer(**kw):
     pytest.importorskip("panel")
     from daviz.app.explorer import Explorer
 
-    e = Explorer(filters=FAST, N=10)
+    e = Explorer(**kw)
+    e.state.max_seconds_per_advance = 60.0
+    return e
+
+
+def _run_jobs(e):
+    """Run the explorer's loop until its engine work is done (what the served loop does on its own)."""
+    for _ in range(100):
+        e._loop()
+        if e._work is None and not e._jobs:
+            return
+        e._work.result(timeout=120)
+    raise AssertionError("the loop did not settle")
+
+
+def test_frames_carry_only_new_columns_and_wait_for_the_browser():
+    e = _explorer(filters=FAST, N=10)
+    plots = e.plots
+    assert plots.push_frame() == e.state.window  # the first frame fills the window
+    frame = plots.frame.data
+    assert frame["seq"] == [1] and frame["k"] == [e.state.window]
+    codes = frame["c0"][0]
+    assert codes.dtype == np.uint8 and codes.shape == (40, e.state.window)
+    e.state.advance(3)
+    assert plots.pending() and not plots.ready(now=plots.sent_at + 1.0)  # frame 1 not yet drawn
+    plots._on_ack("tags", [], [1])
+    assert plots.ready()
+    assert plots.push_frame() == 3
+    frame = plots.frame.data
+    assert frame["k"] == [3] and frame["last"] == [3.0]
+    np.testing.assert_array_equal(frame["c0"][0], quantize(e.state.recorder.truth.last(3), -7.0, 12.0))
+    assert plots.sent_bytes < 3 * 40 * len(plots.images) + 4000  # bytes, not a window of float32 images
+    assert plots.x_range.end == pytest.approx(3.5)
+    assert not plots.pending() and plots.push_frame() == 0
+    assert "cycle <span id='daviz-cycle'>0</span>" not in e._status_html()
+
+
+def test_the_loop_restarts_off_the_caller_and_rebuilds_the_figures():
+    e = _explorer(filters=FAST, N=10)
+    plots = e.plots
+    e.state.system = "ks"
+    assert e.state.restarting and e.plots is plots and e.state.experiment.system.name == "l96"
+    assert "restarting…" in e._status_html()
+    _run_jobs(e)
+    assert e.plots is not plots and e.plots.dim == 128 and not e.state.restarting
+    e.state.system = "l63"
+    _run_jobs(e)
+    assert not e.plots.images and len(e.plots.series) == 3
+    e.lecture = True
+    _run_jobs(e)
+    assert e.plots.lecture and e.plots.key[-2:] == (True, False)
+
+
+def test_step_and_play_through_the_loop():
+    e = _explorer(filters=FAST, N=10)
+    e._on_step()
+    _run_jobs(e)
+    assert e.state.cycle == 1
     e.state.speed = 60
     e.state.play()
+    deadline = time.monotonic() + 60
+    while e.state.cycle < 5 and time.monotonic() < deadline:
+        e._loop()
+        if e._work is not None:
+            e._work.result(timeout=60)
+        e.plots._on_ack("tags", [], [e.plots.seq])  # what the browser does after drawing
+    assert e.state.cycle >= 5 and e.frames >= 1
+    e.state.pause()
+    _run_jobs(e)
+    c = e.state.cycle
+    e._loop()
+    assert e._work is None and e.state.cycle == c
 
-    async def run():
-        await asyncio.gather(e._tick(), e._tick(), e._tick())  # the 2nd and 3rd find one running
 
-    asyncio.run(run())
-    assert e.ticks == 1 and e.state.cycle == 1
+def test_typed_inputs_refuse_bad_values_visibly():
+    e = _explorer(filters=FAST, N=10)
+    e.w_sigma.value = "0"
+    assert e.state.sigma_y == 1.0 and e.w_sigma.value == "1.0"
+    assert "refused" in e.state.message and "0.05" in e.state.message and e.message.visible
+    e.w_seed.value = "2.5"
+    assert e.state.seed == 0 and e.w_seed.value == "0" and "whole number" in e.state.message
+    e.w_sigma.value = "0.8"
+    _run_jobs(e)
+    assert e.state.sigma_y == 0.8 and e.state.experiment.sigma_y == 0.8 and e.state.message == ""
+
+
+def test_messages_are_escaped_never_markup():
+    pn = pytest.importorskip("panel")
+    e = _explorer(filters=FAST, N=10)
+    e.state.message = "ignored: seed=<img src=x onerror=alert(1)> [Session expired](https://evil.example/login)"
+    assert isinstance(e.message, pn.pane.HTML) and not isinstance(e.message, pn.pane.Markdown)  # no markdown
+    text = e.message.object
+    assert "<img" not in text and "&lt;img" in text
+    assert "[Session expired](https://evil.example/login)" in text  # shown as typed, inert
+
+
+def test_cleanup_stops_everything():
+    e = _explorer(filters=FAST, N=10)
     e._cleanup(None)
-    assert e.state.closed and e.state.experiment is None
-    asyncio.run(e._tick())  # a tick after the session ended does nothing
-    assert e.ticks == 1
+    assert e.state.closed and e.state.experiment is None and e.state.recorder is None and e.plots is None
+    e._loop()  # a look after the session ended does nothing
+    assert e._work is None

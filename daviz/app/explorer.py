@@ -1,58 +1,106 @@
-"""The explorer's view: widgets from the state's parameters, a Panel template, the periodic tick.
+"""The explorer's view: widgets, a Panel template, and the session loop that keeps the plots live.
 
-One `Explorer` per browser session (app.py builds it inside the served script, which Panel runs
-once per session), so every session owns its experiment and random streams. The tick runs the
-numerical step in a worker thread (`asyncio.to_thread`), never overlaps itself, and pushes all
-source updates inside one `pn.io.hold()` so the browser gets one message per tick.
+One `Explorer` per browser session (app.py builds it inside the served script, which Panel runs once
+per session), so every session owns its experiment and random streams.
+
+The session loop (`_loop`, every LOOP_MS) never blocks the event loop: it hands the numerical work to
+a worker thread and returns, and pushes a frame only when the browser has acknowledged the previous
+one (plots.py / frames.py). Bokeh runs every session callback holding the document lock for as long
+as the callback runs; the earlier design awaited the engine inside the callback, so under load the
+lock was held almost all the time, clicks (Pause) queued behind whole ticks, and frames piled up in
+the websocket. Now the lock is held for milliseconds and at most one small frame is in flight.
 """
 from __future__ import annotations
 
-import asyncio
+import datetime as _dt
 import html
+import io
 import logging
+import subprocess
+import threading
+import urllib.parse
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import panel as pn
 import param
+from panel.io.state import set_curdoc
 
+from .. import __version__
+from ..experiment import climatology
+from . import mnmef_weights
 from .plots import ExplorerPlots
 from .presets import NO_PRESET, explanation
-from .state import RUNS, ExplorerState
+from .runs import RUNS
+from .state import N_BOUNDS, SEED_BOUNDS, SIGMA_BOUNDS, SYSTEMS, ExplorerState
 
 log = logging.getLogger(__name__)
 
-# At most 4 pushes per second; faster speeds run several cycles per push. Each push carries every
-# Hovmöller image (~700 KB with five filters): at 10 pushes/s a slow browser falls behind, its queue of
-# frames grows and clicks (Pause) wait behind it. 250 ms keeps the page responsive.
-TICK_MS = 250
+LOOP_MS = 50  # how often the session loop looks for work; each look takes well under a millisecond
+# Engine work of all sessions; numpy releases the GIL in its kernels, so two threads use two cores.
+ENGINE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="daviz-engine")
+URL_PARAMS = ("system", "N", "sigma_y", "seed", "speed", "preset", "filters", "localization", "radius",
+              "inflation_mode", "inflation")
 
 CSS = """
-.daviz-status {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px;}
-.daviz-status .div {color: #b00020; font-weight: 600;}
+.daviz-status {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px; line-height: 1.6;}
+.daviz-status .bad {color: #b00020; font-weight: 600;}
+.daviz-status .win {color: #555;}
+.daviz-lecture .daviz-status {font-size: 18px;}
 """
+
+
+def _code_version() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"daviz {__version__}" + (f" ({commit})" if commit else "")
+
+
+ALERT_CSS = ":host(.daviz-alert) {{background: {bg}; color: {fg}; border: 1px solid {border}; border-radius: 6px; " \
+            "padding: 4px 12px; font-size: 14px;}}"
 
 
 class Explorer(pn.viewable.Viewer):
     """Ensemble data assimilation explorer: controls in the sidebar, live plots in the main area."""
 
-    def __init__(self, **params):
+    lecture = param.Boolean(default=False, label="Lecture mode (large text, fewer panels)")
+    diagnostics = param.Boolean(default=False, label="Diagnostics (rank histograms, spread vs error)")
+
+    def __init__(self, autostart: bool = True, **params):
         state_params = {k: params.pop(k) for k in list(params) if k in ExplorerState.param}
         super().__init__(**params)
-        self.state = ExplorerState(**state_params)
-        self._ticking = False
+        self.state = ExplorerState(autostart=autostart, runner=self._run_later, **state_params)
+        self.plots: ExplorerPlots | None = None
+        self._work: Future | None = None
+        self._jobs: deque = deque()  # restarts and filter swaps, run in order before any more cycles
+        self._steps_owed = 0
+        self._dirty: set[str] = set()  # what the loop must redo on the event loop: layout, series, localization
+        self._woken = False
+        self.url_problem = ""  # URL values refused at load; shown until the user changes a setting
         self._callback = None
-        self.ticks = 0
+        self._doc = None
+        self._was_connected = False
+        self.frames = 0
         self._build_widgets()
-        self.plots = ExplorerPlots(self.state)
-        self._main_pane = pn.pane.Bokeh(self.plots.main, sizing_mode="fixed")
-        self._side_pane = pn.pane.Bokeh(self.plots.side, sizing_mode="fixed")
-        self.state.param.watch(self._on_restart, "restarts")
+        self._plots_area = pn.FlexBox(sizing_mode="stretch_width", flex_wrap="wrap", align_content="flex-start")
+        # Watchers may run on an engine thread (restarts): those touching Bokeh models only mark work
+        # for the loop, which runs on the event loop holding the document lock.
         self.state.param.watch(self._on_message, ["message", "mnmef_status", "preset", "tuned_source"])
-        self.state.param.watch(lambda *e: self.refresh(), ["component", "localization", "radius"])
+        self.state.param.watch(lambda *e: self._mark("series"), "component")
+        self.state.param.watch(lambda *e: self._mark("localization"), ["localization", "radius"])
         self.state.param.watch(self._on_playing, "playing")
+        self.state.param.watch(lambda *e: self._mark("layout"), "restarts")
+        self.param.watch(lambda *e: self._mark("layout"), ["lecture", "diagnostics"])
         self._on_message()
         self._on_playing()
-        self.refresh()
+        self._sync_layout()
+        self._update_status()
 
     # ------------------------------------------------------------------ widgets
     def _build_widgets(self):
@@ -61,9 +109,10 @@ class Explorer(pn.viewable.Viewer):
         self.w_system = W.Select.from_param(p.system, sizing_mode="stretch_width")
         self.w_preset = W.Select.from_param(p.preset, sizing_mode="stretch_width")
         self.w_N = W.IntSlider.from_param(p.N, sizing_mode="stretch_width")
-        self.w_sigma = W.FloatInput.from_param(p.sigma_y, step=0.1, start=0.05, end=10.0,
-                                             sizing_mode="stretch_width")
-        self.w_seed = W.IntInput.from_param(p.seed, sizing_mode="stretch_width")
+        # σ_y and seed are typed: a text box that refuses bad values visibly (a numeric box would
+        # silently clamp them, or drop the dot of "2.5" into 25).
+        self.w_sigma = self._typed_input("sigma_y", float, f"a number from {SIGMA_BOUNDS[0]} to {SIGMA_BOUNDS[1]}")
+        self.w_seed = self._typed_input("seed", int, "a whole number from 0 to 2³²−1")
         self.w_loc = W.RadioButtonGroup.from_param(p.localization, sizing_mode="stretch_width")
         self.w_radius = W.FloatSlider.from_param(p.radius, sizing_mode="stretch_width")
         self.w_infl_mode = W.RadioButtonGroup.from_param(p.inflation_mode, sizing_mode="stretch_width")
@@ -71,118 +120,270 @@ class Explorer(pn.viewable.Viewer):
         self.w_filters = W.CheckBoxGroup.from_param(p.filters, inline=False)
         self.w_speed = W.IntSlider.from_param(p.speed, sizing_mode="stretch_width")
         self.w_component = W.IntSlider.from_param(p.component, sizing_mode="stretch_width")
-        self.b_play = W.Button(label="Play", color="primary", width=58, margin=(5, 3))
-        self.b_pause = W.Button(label="Pause", color="default", width=58, margin=(5, 3))
-        self.b_step = W.Button(label="Step", color="default", width=58, margin=(5, 3))
-        self.b_reset = W.Button(label="Reset", color="warning", width=58, margin=(5, 3))
+        self.w_lecture = W.Toggle.from_param(self.param.lecture, label="Lecture mode", sizing_mode="stretch_width")
+        self.w_diag = W.Toggle.from_param(self.param.diagnostics, label="Diagnostics", sizing_mode="stretch_width")
+        self.b_play = W.Button(label="Play", color="primary", width=60, margin=(5, 2))
+        self.b_pause = W.Button(label="Pause", color="default", width=60, margin=(5, 2))
+        self.b_step = W.Button(label="Step", color="default", width=60, margin=(5, 2))
+        self.b_reset = W.Button(label="Reset", color="warning", width=60, margin=(5, 2))
         self.b_play.on_click(lambda e: self.state.play())
         self.b_pause.on_click(lambda e: self.state.pause())
         self.b_step.on_click(self._on_step)
         self.b_reset.on_click(lambda e: self.state.reset())
+        self.download = W.FileDownload(callback=self._download, filename="daviz_run.npz", label="Download this run (.npz)",
+                                       color="light", sizing_mode="stretch_width")
 
         self.status = pn.pane.HTML("", css_classes=["daviz-status"], sizing_mode="stretch_width",
                                    stylesheets=[CSS], margin=(0, 10))
-        self.message = pn.pane.Alert("", alert_type="warning", visible=False, sizing_mode="stretch_width",
-                                     margin=(2, 10))
-        self.explain = pn.pane.Alert("", alert_type="info", visible=False, sizing_mode="stretch_width",
-                                     margin=(2, 10))
-        self.info = pn.pane.Markdown("", sizing_mode="stretch_width", styles={"font-size": "12px"}, margin=(0, 10))
+        # HTML panes, not Markdown alerts: user text (URL values) is escaped and shown as typed; a
+        # Markdown pane would turn "[text](url)" into a link and "![x](url)" into a remote image.
+        self.message = pn.pane.HTML("", visible=False, sizing_mode="stretch_width", margin=(2, 10),
+                                    stylesheets=[ALERT_CSS.format(bg="#fff3cd", fg="#664d03", border="#ffecb5")],
+                                    css_classes=["daviz-alert"])
+        self.explain = pn.pane.HTML("", visible=False, sizing_mode="stretch_width", margin=(2, 10),
+                                    stylesheets=[ALERT_CSS.format(bg="#cff4fc", fg="#055160", border="#b6effb")],
+                                    css_classes=["daviz-alert"])
+        self.info = pn.pane.HTML("", sizing_mode="stretch_width", styles={"font-size": "12px"}, margin=(0, 10))
 
+    def _typed_input(self, name: str, convert, accepted: str):
+        """A text box bound to a state parameter; a rejected value shows what is accepted and is undone."""
+        widget = pn.widgets.TextInput(label=self.state.param[name].label, value=str(getattr(self.state, name)),
+                                      sizing_mode="stretch_width")
+
+        def on_text(event):
+            text = event.new.strip()
+            try:
+                value = convert(text)
+                if convert is float and not np.isfinite(value):
+                    raise ValueError
+                self.state.param[name]._validate(value)
+            except Exception:
+                widget.value = str(getattr(self.state, name))
+                self.state.message = f"{self.state.param[name].label}: {text!r} refused; it must be {accepted}."
+                return
+            if value != getattr(self.state, name):
+                self.state.message = ""
+                setattr(self.state, name, value)
+
+        widget.param.watch(on_text, "value")
+        self.state.param.watch(lambda e: setattr(widget, "value", str(e.new)), name)
+        return widget
+
+    # ------------------------------------------------------------------ reactions
     def _on_step(self, event=None):
-        self.state.step(1)
-        self.refresh()
+        self.state.pause()
+        self._steps_owed += 1
+        self._wake()
 
     def _on_playing(self, *events):
         playing = self.state.playing
         self.b_play.disabled = playing
         self.b_pause.disabled = not playing
+        self._update_status()
 
-    def _on_restart(self, *events):
-        self.refresh()
+    def _mark(self, what: str) -> None:
+        self._dirty.add(what)
+        self._wake()
+
+    def _run_later(self, fn) -> None:
+        """The state's runner: restarts and filter swaps run in the engine thread, in order."""
+        self._jobs.append(fn)
+        self._update_status()
+        self._wake()
 
     def _on_message(self, *events):
         st = self.state
-        self.message.object = html.escape(st.message)
-        self.message.visible = bool(st.message)
+        # Everything shown here may contain user text (URL values): escaped, never rendered as markup.
+        lines = [text for text in (self.url_problem, st.message) if text]
+        self.message.object = "<br>".join(html.escape(text) for text in lines)
+        self.message.visible = bool(lines)
         lines = explanation(st.preset)
         if lines:
             self.explain.object = f"<b>{html.escape(st.preset)}.</b> {html.escape(lines[0])}<br>{html.escape(lines[1])}"
         self.explain.visible = bool(lines)
-        info = [st.mnmef_status or ("MNMEF not selected." if "MNMEF" not in st.filters else "")]
+        info = []
+        if "MNMEF" in st.filters and st.mnmef_status:
+            info.append(st.mnmef_status)
         if st.tuned_source:
-            info.append(f"Tuned inflation/radius: {st.tuned_source}.")
-        self.info.object = "  \n".join(html.escape(s) for s in info if s)
+            info.append(f"Baselines' tuned inflation/radius: {st.tuned_source}.")
+        self.info.object = "<br>".join(html.escape(s) for s in info)
 
-    # ------------------------------------------------------------------ refresh / tick
-    def refresh(self):
-        """Push the state into the plots; rebuild the figures when the system or the runs changed."""
+    # ------------------------------------------------------------------ layout
+    def _sync_layout(self):
+        """Build the figures for the current system, runs and view mode (or say why there are none)."""
         st = self.state
         if st.closed or st.busy:
             return
-        with pn.io.hold():
-            if ExplorerPlots.layout_key(st) != self.plots.key:
-                self.plots = ExplorerPlots(st)
-                self._main_pane.object = self.plots.main
-                self._side_pane.object = self.plots.side
-            else:
-                self.plots.update()
-            self.status.object = self._status_html()
+        rec = st.recorder
+        if rec is None:
+            if self.plots is None:
+                self._plots_area.objects = [pn.pane.Alert(
+                    "No experiment is running: fix the settings named above (the sidebar shows what is accepted).",
+                    alert_type="secondary", sizing_mode="stretch_width")]
+            return
+        lecture, diagnostics = self.lecture, self.diagnostics and not self.lecture
+        key = ExplorerPlots.layout_key(rec, lecture, diagnostics)
+        if self.plots is not None and self.plots.key == key:
+            return
+        first_seq = self.plots.seq if self.plots is not None else 0  # frame numbers go on across layouts
+        self.plots = ExplorerPlots(st, lecture=lecture, diagnostics=diagnostics, first_seq=first_seq)
+        panes = [_flex_pane(self.plots.main, 3, 560), _flex_pane(self.plots.side, 2, 360)]
+        if self.plots.diag is not None:
+            panes.append(_flex_pane(self.plots.diag, 2, 360))
+        self._plots_area.objects = panes
+
+    def _update_status(self):
+        self.status.object = self._status_html()
 
     def _status_html(self) -> str:
-        st = self.state
-        title = st.built_system.title if st.built_for else st.sys.title
+        """Cycle, speed and each run's R-RMSE, from the recorder (one consistent snapshot, whatever the
+        engine thread is doing)."""
+        st, rec = self.state, self.state.recorder
+        title = rec.system.title if rec is not None else st.sys.title
+        shown = self.plots.sent_upto if self.plots is not None and np.isfinite(self.plots.sent_upto) else st.cycle
+        if st.restarting or self._jobs:
+            running = "restarting…"
+        elif st.playing:
+            running = f"{st.cycles_per_second:.1f} cycles/s"
+        else:  # "paused" once the last cycle computed has been drawn: nothing moves after it
+            settled = self._work is None and not self._steps_owed and (self.plots is None or not self.plots.pending())
+            running = "paused" if settled else "pausing…"
         parts = [f"<b>{html.escape(title)}</b>, N={st.experiment.N if st.experiment else st.N}",
-                 f"<b>cycle <span id='daviz-cycle'>{st.cycle}</span></b>",
-                 f"{st.cycles_per_second:.1f} cycles/s" if st.playing else "paused"]
-        rr, dead = st.current_rrmse(), st.diverged()
-        for s in st.runs:
-            color = self.plots.colors.get(s.label, "#000")
-            name = f"<span style='color:{color}'>■</span> {html.escape(s.label)}"
-            if dead.get(s.label):
-                parts.append(f"{name} <span class='div'>diverged</span>")
-            else:
-                v = rr.get(s.label, np.nan)
-                parts.append(f"{name} {'–' if not np.isfinite(v) else f'{v:.3f}'}")
+                 f"<b>cycle <span id='daviz-cycle'>{int(shown)}</span></b>",
+                 f"<span id='daviz-running'>{running}</span>"]
+        for label, rr, win, status in (rec.summary() if rec is not None else []):
+            name = f"<span style='color:{RUNS[label].color}'>■</span> {html.escape(label)}"
+            if status:
+                parts.append(f"{name} <span class='bad'>{status}</span>")
+                continue
+            text = "–" if not np.isfinite(rr) else f"{rr:.3f}"
+            if np.isfinite(win) and rec.last_cycle > rec.window:
+                text += f" <span class='win'>(last {rec.window}: {win:.3f})</span>"
+            parts.append(f"{name} {text}")
         return "<span id='daviz-status'>" + " &nbsp;·&nbsp; ".join(parts) + "</span>"
 
-    async def _tick(self):
-        if self._ticking or self.state.closed:
+    # ------------------------------------------------------------------ the session loop
+    def _wake(self) -> None:
+        """Run the loop soon on the event loop (callable from any thread), instead of at the next look."""
+        doc = self._doc
+        if doc is None or self._woken or self.state.closed:
             return
-        n = self.state.cycles_due()
-        if n <= 0:
+        self._woken = True
+        with set_curdoc(doc):
+            pn.state.execute(self._loop_woken, schedule=True)
+
+    def _loop_woken(self) -> None:
+        self._woken = False
+        self._loop()
+
+    def _loop(self):
+        """One look: start engine work off the event loop, redo what changed, push a frame if the
+        browser has drawn the last one. Takes well under a millisecond when nothing is due."""
+        st = self.state
+        if st.closed:
             return
-        self._ticking = True
-        try:
-            done = await asyncio.to_thread(self.state.advance, n)
-            if done:
-                self.ticks += 1
-                self.refresh()
-        except Exception as exc:  # never let a tick kill the session
-            log.exception("tick failed")
-            self.state.pause()
-            self.state.message = f"update failed: {exc}"
-        finally:
-            self._ticking = False
+        if self._connection_lost():
+            self._cleanup(None)
+            return
+        finished = self._work is not None and self._work.done()
+        if finished:
+            exc = self._work.exception()
+            self._work = None
+            if exc is not None:
+                log.error("engine work failed", exc_info=exc)
+                st.pause()
+                st.message = f"update failed: {exc}"
+        if self._work is None and not self._jobs and st.mnmef_status.startswith("MNMEF: loading") \
+                and mnmef_weights.ready(st.system, float(st.sigma_y), int(st.N)):
+            st.request_restart()  # the weights arrived: rebuild with MNMEF
+        if self._work is None:
+            self._work = self._next_work()
+            if self._work is not None:
+                self._work.add_done_callback(lambda f: self._wake())
+        with pn.io.hold(self._doc):
+            if self._dirty:
+                self._redo(self._dirty.copy())
+            if self.plots is not None and self.plots.pending() and self.plots.ready():
+                if self.plots.push_frame():
+                    self.frames += 1
+                self._update_status()
+            elif finished:
+                self._update_status()
+
+    def _next_work(self) -> Future | None:
+        st = self.state
+        if self._jobs:
+            return ENGINE.submit(self._jobs.popleft())
+        if st.restarting:
+            return None
+        if self._steps_owed:
+            self._steps_owed -= 1
+            return ENGINE.submit(st.advance, 1)
+        n = st.cycles_due()
+        return ENGINE.submit(st.advance, n, True) if n > 0 else None
+
+    def _redo(self, what: set) -> None:
+        self._dirty -= what
+        if "layout" in what:
+            self._sync_layout()
+            self._update_status()
+        if self.plots is None or self.state.recorder is None:
+            return
+        if "series" in what:
+            self.plots.refresh_series()
+        if "localization" in what and self.plots.loc_fig is not None:
+            self.plots._update_localization(self.state.recorder)
+
+    def _connection_lost(self) -> bool:
+        """True once the browser that had this session has gone (tab closed, network lost)."""
+        session = getattr(getattr(self._doc, "session_context", None), "_session", None)
+        if session is None:
+            return False
+        if session.connection_count > 0:
+            self._was_connected = True
+            return False
+        return self._was_connected or session.destroyed
 
     def start(self):
-        """Start the periodic tick for the current session and clean up when it ends."""
+        """Start the session loop once the page has loaded; stop and free everything when it closes."""
+        self._doc = pn.state.curdoc
         if self._callback is None:
-            self._callback = pn.state.add_periodic_callback(self._tick, period=TICK_MS, start=False)
+            self._callback = pn.state.add_periodic_callback(self._loop, period=LOOP_MS, start=False)
             # A background callback does not flag the session busy: otherwise the template's busy
-            # spinner would spin for as long as the app plays (Panel 1.9 has no public switch).
+            # indicator would spin for as long as the app plays.
             if hasattr(self._callback, "_background"):
                 self._callback._background = True
-            self._callback.start()
+            pn.state.onload(self._callback.start)
             pn.state.on_session_destroyed(self._cleanup)
         return self
 
     def _cleanup(self, session_context):
+        """The session ended or its connection went: stop at once, release the experiment."""
         if self._callback is not None:
-            self._callback.stop()
+            try:
+                self._callback.stop()
+            except Exception:  # noqa: BLE001 (already stopped by Panel)
+                pass
             self._callback = None
         self.state.close()
+        self.plots = None
+        session = getattr(getattr(self._doc, "session_context", None), "_session", None)
+        if session is not None and not session.destroyed:
+            session.request_expiration()  # let Bokeh discard the document at its next sweep
+        self._doc = None
 
-    # ------------------------------------------------------------------ layout
+    # ------------------------------------------------------------------ download
+    def _download(self):
+        st = self.state
+        if st.recorder is None:
+            st.message = "nothing to download: no experiment is running"
+            return None
+        settings = {**st.settings(), "cycle": st.cycle, "window": st.window, "code_version": _code_version(),
+                    "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "runs": [s.label for s in st.runs], "mnmef": st.mnmef_status}
+        return io.BytesIO(st.recorder.to_npz(settings))
+
+    # ------------------------------------------------------------------ page
     def sidebar(self):
         buttons = pn.Row(self.b_play, self.b_pause, self.b_step, self.b_reset, margin=(5, 0))
         filter_help = pn.pane.HTML(
@@ -190,74 +391,142 @@ class Explorer(pn.viewable.Viewer):
                                    if k in ("MNMEF", "LETKF (no localization)", "LETKF (no inflation)")) + "</small>",
             margin=(0, 10))
         return [
-            buttons,
-            self.w_speed,
-            self.w_preset,
+            buttons, self.w_speed, self.w_preset, pn.Row(self.w_lecture, self.w_diag, sizing_mode="stretch_width"),
             pn.layout.Divider(margin=(2, 0)),
-            self.w_system, self.w_N, self.w_sigma, self.w_seed,
-            pn.pane.Markdown("**Filters**", margin=(0, 10)), self.w_filters, filter_help,
-            pn.layout.Divider(margin=(2, 0)),
+            self.w_system, self.w_N, pn.Row(self.w_sigma, self.w_seed, sizing_mode="stretch_width"),
             pn.pane.Markdown("**Localization** (EnKF, LETKF)", margin=(0, 10)), self.w_loc, self.w_radius,
             pn.pane.Markdown("**Inflation** (baselines)", margin=(0, 10)), self.w_infl_mode, self.w_infl,
             pn.layout.Divider(margin=(2, 0)),
-            self.w_component,
-            self.info,
+            pn.pane.Markdown("**Filters**", margin=(0, 10)), self.w_filters, filter_help,
+            pn.layout.Divider(margin=(2, 0)),
+            self.w_component, self.download,
         ]
 
     def main(self):
-        return [pn.Column(self.status, self.explain, self.message,
-                          pn.Row(self._main_pane, self._side_pane), sizing_mode="stretch_width")]
+        return [pn.Column(self.status, self.info, self.explain, self.message, self._plots_area,
+                          sizing_mode="stretch_width")]
 
     def template(self):
         # BootstrapTemplate: everything it needs is served locally (FastListTemplate fetches a
         # Google font, which fails offline and shows up as a console error).
         return pn.template.BootstrapTemplate(
             title="daviz · ensemble data assimilation explorer",
-            sidebar=self.sidebar(), main=self.main(), sidebar_width=290,
+            sidebar=self.sidebar(), main=self.main(), sidebar_width=300,
             header_background="#1f4e79",
         )
 
     def __panel__(self):
-        return pn.Column(pn.Row(pn.Column(*self.sidebar(), width=300), pn.Column(*self.main())))
+        return pn.Row(pn.Column(*self.sidebar(), width=300), pn.Column(*self.main(), sizing_mode="stretch_width"))
 
 
-URL_PARAMS = {"system": str, "N": int, "sigma_y": float, "seed": int, "speed": int, "preset": str,
-              "filters": lambda v: [f.strip() for f in v.split(",") if f.strip()]}
+_warmed = threading.Event()
 
 
-def url_settings() -> tuple[dict, str]:
-    """Settings from the page's query string (e.g. `?system=ks&N=10&speed=30&filters=EnKF,LETKF`).
+def warm_up() -> None:
+    """Once per server process, in a background thread: the climatologies behind "lost track" and the
+    default MNMEF weights, so the first session does not wait for them (each takes seconds cold)."""
+    if _warmed.is_set():
+        return
+    _warmed.set()
 
-    Returns (params, problem): unusable values are dropped and named in `problem`, never raised.
+    def work():
+        mnmef_weights.request("l96", 1.0, ExplorerState.param.N.default)
+        for name in SYSTEMS.values():
+            try:
+                climatology(name)
+            except Exception:  # noqa: BLE001 (only a warm-up: the session computes it if needed)
+                log.exception("warm-up of the %s climatology failed", name)
+
+    threading.Thread(target=work, name="daviz-warm-up", daemon=True).start()
+
+
+def _flex_pane(bokeh_layout, grow: int, basis: int):
+    """A Bokeh layout as a flex item: panes share a row in proportion `grow` and wrap below `basis` px."""
+    css = f":host {{flex: {grow} 1 {basis}px !important; width: auto !important;}}"
+    return pn.pane.Bokeh(bokeh_layout, sizing_mode="stretch_width", min_width=basis, stylesheets=[css])
+
+
+def _convert_url_value(name: str, raw: str):
+    """A URL value as the parameter's type (comma lists for filters, titles or keys for system)."""
+    if name == "filters":
+        return [f.strip() for f in raw.strip("[]").replace('"', "").split(",") if f.strip()]
+    if name == "system":
+        return SYSTEMS.get(raw, raw)
+    ptype = type(ExplorerState.param[name])
+    if ptype is param.Integer:
+        return int(raw)
+    if ptype is param.Number:
+        value = float(raw)
+        if not np.isfinite(value):
+            raise ValueError("not a finite number")
+        return value
+    return raw
+
+
+def sync_url(explorer: Explorer) -> None:
+    """Read the settings from the page's URL and keep the URL equal to the settings (Panel's own sync).
+
+    Panel applies all URL values in one batch and gives up on the batch if any is invalid; then each
+    value is tried alone, so the good ones still apply and each bad one is named in the message.
     """
-    args = getattr(pn.state, "session_args", None) or {}
-    params, bad = {}, []
-    for key, conv in URL_PARAMS.items():
-        if key not in args:
-            continue
-        raw = args[key][0].decode() if isinstance(args[key][0], bytes) else str(args[key][0])
-        try:
-            value = conv(raw)
-            if key == "system":
-                from .state import SYSTEMS
-                value = SYSTEMS.get(value, value)
-            ExplorerState.param[key]._validate(value)
-            params[key] = value
-        except Exception:
-            bad.append(f"{key}={raw}")
-    return params, ("ignored URL settings: " + ", ".join(bad)) if bad else ""
+    location = pn.state.location
+    if location is None:
+        return
+    state = explorer.state
+    refused: list[str] = []
+
+    # Panel drops values it cannot parse (with a log line only): find them in the raw query string.
+    raw_query = urllib.parse.parse_qsl(location.search.lstrip("?"), keep_blank_values=False)
+    parsed = location.query_params
+    refused.extend(f"{k}={v}" for k, v in raw_query if k in URL_PARAMS and k not in parsed)
+
+    def apply_one_by_one(values: dict):
+        for name, raw in values.items():
+            try:
+                value = _convert_url_value(name, str(raw)) if isinstance(raw, str) else raw
+                state.param[name]._validate(value)
+                with state._quietly():
+                    setattr(state, name, value)
+            except Exception:
+                refused.append(f"{name}={raw}")
+
+    with state._quietly():
+        location.sync(state, list(URL_PARAMS), on_error=apply_one_by_one)
+    if state.preset != NO_PRESET:
+        state.apply_preset(state.preset)
+    else:
+        state._fit_component()
+        state._apply_tuned_defaults()
+        state.restart()
+    if refused:
+        explorer.url_problem = ("ignored URL settings (shown as typed): " + ", ".join(refused)
+                                + f". Accepted: N {N_BOUNDS[0]}–{N_BOUNDS[1]}, σ_y {SIGMA_BOUNDS[0]}–{SIGMA_BOUNDS[1]}, "
+                                f"seed {SEED_BOUNDS[0]}–2³²−1, filters from {', '.join(RUNS)}.")
+        explorer._on_message()
+
+        def clear(*events):
+            explorer.url_problem = ""
+            explorer._on_message()
+            state.param.unwatch(watcher)
+
+        watcher = state.param.watch(clear, list(URL_PARAMS))
 
 
 def create_app(**params):
-    """A new explorer for the current session, its tick started, laid out in the template.
+    """A new explorer for the current session, its loop started, laid out in the template.
 
-    Keyword arguments and the page's query string (see `url_settings`) set the initial state.
+    Keyword arguments set the initial state; the page's URL (e.g. `?system=ks&N=10&speed=30&filters=
+    EnKF,LETKF`) overrides them and then follows every change of the settings.
     """
-    from_url, problem = url_settings()
-    explorer = Explorer(**{**from_url, **params})
-    if problem:
-        explorer.state.message = problem
-    explorer.start()
-    template = explorer.template()
-    template.explorer = explorer  # handy for debugging: pn.state.cache is not used for sessions
+    warm_up()
+    try:
+        explorer = Explorer(autostart=False, **params)
+        sync_url(explorer)
+        explorer.start()
+        template = explorer.template()
+    except Exception as exc:  # a bug must still give a page that says what happened, not a blank one
+        log.exception("could not build the explorer")
+        return pn.Column(pn.pane.HTML(f"<h3>daviz could not start this page</h3><pre>{html.escape(repr(exc))}</pre>"
+                                      "<p>Reload the page; if it persists, the server log has the details.</p>"))
+    template.explorer = explorer  # handy for debugging
     return template

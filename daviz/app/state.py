@@ -1,11 +1,10 @@
-"""All state and logic of the explorer in one `param.Parameterized`; no panel, no bokeh here.
+"""The explorer's settings and engine in one `param.Parameterized`; no panel, no bokeh here.
 
-`ExplorerState` owns one `TwinExperiment` (B = 1 trajectory) and rolling buffers of what the plots
-show over the last `window` cycles. The view (explorer.py) only reads the buffers and calls the
-public methods: `play`, `pause`, `step`, `reset`, `advance` (called off the event loop) and
-`apply_preset`. Everything a user can set is a parameter; parameters that change the experiment
-restart it (system, N, σ_y, seed, filters); localization and inflation swap the affected filters in
-place so the truth and the ensembles carry on.
+`ExplorerState` owns one `TwinExperiment` (B = 1 trajectory) and a `Recorder` of the last `window`
+cycles. The view (explorer.py) reads the recorder and calls the public methods: `play`, `pause`,
+`step`, `reset`, `advance` (off the event loop) and `apply_preset`. Parameters that change the
+experiment restart it (system, N, σ_y, seed, filters); localization and inflation swap the affected
+filters in place so the truth and the ensembles carry on.
 """
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import numpy as np
 import param
@@ -23,107 +21,26 @@ from ..filters import make_filter
 from ..filters.localization import gaspari_cohn
 from ..systems import get_system
 from ..tuning import tuned_params
-from .presets import PRESETS, NO_PRESET
+from . import mnmef_weights
+from .presets import NO_PRESET, PRESETS
+from .recorder import CycleSample, Recorder
+from .runs import RUN_LABELS, RUNS, RunSpec
 
 SYSTEMS = {"Lorenz '63": "l63", "Lorenz '96": "l96", "Kuramoto–Sivashinsky": "ks"}
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One filter run shown in the app: a base filter plus optional fixed overrides."""
-
-    label: str
-    base: str  # enkf | esrf | letkf | ienkf | mnmef
-    radius_off: bool = False  # this variant never localizes
-    no_inflation: bool = False  # this variant never inflates (inflation = 1)
-    help: str = ""
-
-
-RUNS = {spec.label: spec for spec in (
-    RunSpec("EnKF", "enkf", help="stochastic EnKF with perturbed observations"),
-    RunSpec("ESRF", "esrf", help="square-root (ETKF) filter, global analysis"),
-    RunSpec("LETKF", "letkf", help="local ETKF"),
-    RunSpec("IEnKF", "ienkf", help="iterative EnKF (Gauss–Newton), global analysis"),
-    RunSpec("MNMEF", "mnmef", help="the learned filter (set transformer)"),
-    RunSpec("LETKF (no localization)", "letkf", radius_off=True, help="LETKF with localization switched off"),
-    RunSpec("LETKF (no inflation)", "letkf", no_inflation=True, help="LETKF with inflation 1"),
-)}
-RUN_LABELS = tuple(RUNS)
-
-# Fixed colour limits per system (about the 0.5 / 99.5 percentiles of the attractor), so frames
-# stay comparable over time and between filters; |error| and spread share one scale.
-FIELD_LIMITS = {"l63": (-20.0, 45.0), "l96": (-7.0, 12.0), "ks": (-2.5, 3.5)}
-ERROR_LIMITS = {"l63": (0.0, 6.0), "l96": (0.0, 3.0), "ks": (0.0, 1.0)}
+N_BOUNDS = (5, 100)
+SIGMA_BOUNDS = (0.05, 10.0)
+SEED_BOUNDS = (0, 2**32 - 1)
 RADIUS_BOUNDS = {"l63": (0.5, 10.0), "l96": (0.5, 20.0), "ks": (0.5, 40.0)}
-
-
-# ----------------------------------------------------------------------------------------------
-# MNMEF weights: `daviz.mnmef.pretrained` loads each weights file once per process (thread-safe
-# cache) and wraps the shared, frozen model in a new filter object per call, so each session gets its
-# own filter (own `last_localization`) around read-only weights. Failures are not cached: weights
-# shipped while the server runs are picked up by the next restart.
-_MNMEF_LOCK = threading.Lock()
-
-
-def load_mnmef(system_name: str, sigma_y: float, N: int):
-    """(filter, info) for a fresh per-session MNMEF filter, or (None, reason) when unavailable."""
-    with _MNMEF_LOCK:
-        try:
-            from ..mnmef.pretrained import load_filter  # noqa: PLC0415 (optional, heavy: torch)
-        except ImportError as exc:
-            return None, f"MNMEF code is not installed ({exc})"
-        try:
-            import torch  # noqa: PLC0415
-
-            if torch.get_num_threads() > 1:
-                torch.set_num_threads(1)  # tiny matrices: threads only add overhead and steal cores
-            return load_filter(system_name, float(sigma_y), int(N), variant="auto")
-        except Exception as exc:  # CheckpointError and anything else: report, never crash
-            return None, f"{type(exc).__name__}: {exc}"
-
-
-def describe_mnmef(info) -> str:
-    """One line saying which weights MNMEF uses."""
-    if not isinstance(info, dict):
-        return str(info)
-    text = str(info.get("file", "?"))
-    variant, trained, pre = info.get("variant"), info.get("trained_N"), info.get("pretrained_N")
-    if variant == "finetuned":
-        text += f" (pretrained at N={pre}, heads fine-tuned for N={trained})"
-    elif variant:
-        text += f" ({variant}, trained at N={trained if trained is not None else pre})"
-    return text
-
-
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class RunBuffers:
-    """Rolling (d, W) windows of one filter run; columns are cycles, oldest first."""
-
-    mean: np.ndarray
-    error: np.ndarray
-    spread: np.ndarray
-    rrmse: np.ndarray  # (W,)
-    loc_history: deque = field(default_factory=lambda: deque(maxlen=50))
-
-
-def _shift_in(buf: np.ndarray, cols: np.ndarray) -> None:
-    """Drop the k oldest columns of buf (…, W) and append cols (…, k) at the end, in place."""
-    k = cols.shape[-1]
-    W = buf.shape[-1]
-    if k >= W:
-        buf[...] = cols[..., -W:]
-        return
-    buf[..., :-k] = buf[..., k:]
-    buf[..., -k:] = cols
+FALLBACK_TUNED = {"inflation": 1.05, "radius": 3.0}
+__all__ = ["ExplorerState", "RUNS", "RUN_LABELS", "RunSpec", "SYSTEMS", "N_BOUNDS", "SIGMA_BOUNDS"]
 
 
 class ExplorerState(param.Parameterized):
     """Everything the explorer shows and every action it offers."""
 
     system = param.Selector(default="l96", objects=SYSTEMS, label="System")
-    N = param.Integer(default=20, bounds=(5, 100), label="Ensemble size N")
-    sigma_y = param.Number(default=1.0, softbounds=(0.1, 3.0), step=0.1, label="Observation noise σ_y")
+    N = param.Integer(default=20, bounds=N_BOUNDS, label="Ensemble size N")
+    sigma_y = param.Number(default=1.0, bounds=SIGMA_BOUNDS, step=0.1, label="Observation noise σ_y")
     localization = param.Selector(default="tuned", objects=["tuned", "Gaspari–Cohn", "off"],
                                   label="Localization (EnKF, LETKF)")
     radius = param.Number(default=3.0, bounds=(0.5, 20.0), step=0.5, label="Gaspari–Cohn radius")
@@ -131,12 +48,12 @@ class ExplorerState(param.Parameterized):
     inflation = param.Number(default=1.05, bounds=(1.0, 1.5), step=0.01, label="Multiplicative inflation")
     filters = param.ListSelector(default=["EnKF", "ESRF", "LETKF", "IEnKF", "MNMEF"], objects=list(RUN_LABELS),
                                  label="Filters")
-    seed = param.Integer(default=0, label="Seed")
+    seed = param.Integer(default=0, bounds=SEED_BOUNDS, label="Seed")
     speed = param.Integer(default=10, bounds=(1, 60), label="Speed (cycles/s)")
-    component = param.Integer(default=0, bounds=(0, 127), label="Component shown over time")
+    component = param.Integer(default=0, bounds=(0, 127), label="Site shown over time")
     preset = param.Selector(default=NO_PRESET, objects=[NO_PRESET, *PRESETS], label="Preset")
 
-    playing = param.Boolean(default=False, doc="Whether the periodic tick advances the experiment.")
+    playing = param.Boolean(default=False, doc="Whether the session loop advances the experiment.")
     cycle = param.Integer(default=0, constant=True, doc="Cycles assimilated since the last restart.")
     message = param.String(default="", doc="Last error or warning for the user ('' when all is well).")
     mnmef_status = param.String(default="", doc="Which weights MNMEF uses, or why it is unavailable.")
@@ -146,21 +63,32 @@ class ExplorerState(param.Parameterized):
     window = param.Integer(default=250, bounds=(10, 2000), constant=True, doc="Rolling window in cycles.")
     max_seconds_per_advance = param.Number(default=0.25, doc="Cap on compute time of one advance().")
 
-    def __init__(self, **params):
+    def __init__(self, autostart: bool = True, runner=None, **params):
+        """`autostart=False` leaves the first restart to the caller (after reading the URL, say).
+
+        `runner(fn)`, when given, runs restarts and filter swaps later, off the caller's thread (the
+        served app passes one so that building an experiment never blocks the event loop); without
+        it they run at once, as in the tests and the command line.
+        """
         super().__init__(**params)
-        self._lock = threading.RLock()
-        self._updating = False  # guards against watcher recursion while we set params ourselves
+        self.runner = runner
+        self.restarting = False  # a restart has been asked for and has not finished yet
+        self._play_when_ready = False
+        self._lock = threading.RLock()  # the experiment: one advance/restart/refilter at a time
+        self._abort = False  # set by restart/close: a running advance stops after its current cycle
+        self._updating = False  # our own watchers ignore the parameters we set ourselves
+        self._tuned_cache: dict = {}
         self.experiment: TwinExperiment | None = None
+        self.recorder: Recorder | None = None
         self.runs: list[RunSpec] = []
-        self.tuned: dict[str, dict] = {}
         self.cycles_per_second = 0.0
         self._rate_hist: deque = deque(maxlen=20)
         self._owed = 0.0
         self._last_clock: float | None = None
         self.closed = False
-        self.buffers: dict[str, RunBuffers] = {}
-        self.built_for: tuple = ()  # (system, run labels) the buffers describe
         self._fit_component()
+        if not autostart:
+            return
         if self.preset != NO_PRESET:
             self.apply_preset(self.preset)
         else:
@@ -173,14 +101,14 @@ class ExplorerState(param.Parameterized):
         return get_system(self.system)
 
     def _fit_component(self) -> None:
-        """Bound the component slider to the current system's dimension (back to 0 if it was beyond)."""
+        """Bound the site slider to the current system's dimension (back to 0 if it was beyond)."""
         self.param.component.bounds = (0, self.sys.dim - 1)
         if self.component > self.sys.dim - 1:
             self.component = 0
 
     @contextmanager
     def _quietly(self):
-        """Set parameters without their watchers reacting (we restart or refilter once ourselves)."""
+        """Set parameters (widgets follow) without our own watchers restarting or refiltering."""
         self._updating = True
         try:
             yield
@@ -198,25 +126,30 @@ class ExplorerState(param.Parameterized):
         return bool(self.sys.periodic)
 
     def _validate(self) -> str:
-        """'' when the settings are usable, else a message for the user."""
+        """'' when the settings are usable, else a message for the user saying what is accepted."""
+        lo, hi = SIGMA_BOUNDS
         try:
             sigma = float(self.sigma_y)
         except (TypeError, ValueError):
-            return f"σ_y must be a number, got {self.sigma_y!r}"
-        if not np.isfinite(sigma) or sigma <= 0 or sigma > 10:
-            return f"σ_y must be a number in (0, 10], got {self.sigma_y!r}"
-        if self.seed is None or self.seed < 0 or self.seed > 2**32 - 1:
-            return f"seed must be an integer in 0 … 2³²−1, got {self.seed!r}"
+            return f"σ_y must be a number between {lo} and {hi}, got {self.sigma_y!r}"
+        if not np.isfinite(sigma) or not lo <= sigma <= hi:
+            return f"σ_y must be a number between {lo} and {hi}, got {self.sigma_y!r}"
+        if self.seed is None or not SEED_BOUNDS[0] <= self.seed <= SEED_BOUNDS[1]:
+            return f"seed must be an integer from 0 to 2³²−1, got {self.seed!r}"
         if not self.filters:
             return "select at least one filter"
         return ""
 
     def _tuned_for(self, base: str) -> dict:
-        try:
-            return tuned_params(self.system, base, int(self.N), float(self.sigma_y))
-        except Exception as exc:  # a broken table must not take the app down
-            return {"inflation": 1.05, "radius": 3.0 if self.has_space else None,
-                    "source": f"fallback ({type(exc).__name__})"}
+        """Tuned inflation/radius for the current system, N and σ_y (read once per restart)."""
+        key = (self.system, base, int(self.N), float(self.sigma_y))
+        if key not in self._tuned_cache:
+            try:
+                self._tuned_cache[key] = tuned_params(*key)
+            except Exception as exc:  # a broken table must not take the app down
+                self._tuned_cache[key] = {**FALLBACK_TUNED, "radius": FALLBACK_TUNED["radius"] if self.has_space
+                                          else None, "source": f"fallback ({type(exc).__name__})"}
+        return self._tuned_cache[key]
 
     def _apply_tuned_defaults(self) -> None:
         """Slider values and modes back to the tuned LETKF values for the current system/N/σ_y."""
@@ -229,7 +162,7 @@ class ExplorerState(param.Parameterized):
         with self._quietly():
             self.param.update(
                 localization="tuned" if self.has_space else "off",
-                radius=float(np.clip(radius if radius is not None else 3.0, lo, hi)),
+                radius=float(np.clip(radius if radius is not None else FALLBACK_TUNED["radius"], lo, hi)),
                 inflation_mode="tuned",
                 inflation=float(np.clip(ref.get("inflation", 1.0), 1.0, 1.5)),
             )
@@ -259,16 +192,6 @@ class ExplorerState(param.Parameterized):
                 return float(r)
         return float(self.radius)
 
-    def _make(self, spec: RunSpec):
-        if spec.base == "mnmef":
-            filt, info = load_mnmef(self.system, self.sigma_y, self.N)
-            if filt is None:
-                self.mnmef_status = f"MNMEF unavailable: {info}"
-            else:
-                self.mnmef_status = f"MNMEF weights: {describe_mnmef(info)}"
-            return filt
-        return self._make_baseline(spec)
-
     def _make_baseline(self, spec: RunSpec):
         base = spec.base
         if base == "letkf" and not self.has_space:
@@ -282,12 +205,12 @@ class ExplorerState(param.Parameterized):
             return
         self._fit_component()
         self._apply_tuned_defaults()
-        self.restart()
+        self.request_restart()
 
     @param.depends("seed", "filters", watch=True)
     def _on_restart_change(self):
         if not self._updating:
-            self.restart()
+            self.request_restart()
 
     @param.depends("radius", watch=True)
     def _on_radius(self):
@@ -296,7 +219,7 @@ class ExplorerState(param.Parameterized):
         if self.localization != "Gaspari–Cohn" and self.has_space:
             with self._quietly():
                 self.localization = "Gaspari–Cohn"  # moving the slider means: use this radius
-        self.refilter()
+        self._request(self.refilter)
 
     @param.depends("inflation", watch=True)
     def _on_inflation(self):
@@ -305,12 +228,12 @@ class ExplorerState(param.Parameterized):
         if self.inflation_mode != "manual":
             with self._quietly():
                 self.inflation_mode = "manual"
-        self.refilter()
+        self._request(self.refilter)
 
     @param.depends("localization", "inflation_mode", watch=True)
     def _on_modes(self):
         if not self._updating:
-            self.refilter()
+            self._request(self.refilter)
 
     @param.depends("preset", watch=True)
     def _on_preset(self):
@@ -324,23 +247,37 @@ class ExplorerState(param.Parameterized):
             self.message = f"unknown preset {name!r}"
             return
         settings = dict(PRESETS[name]["settings"])
+        modes = ("localization", "radius", "inflation_mode", "inflation")
         with self._quietly():
-            self.param.update(preset=name, **{k: v for k, v in settings.items()
-                                              if k not in ("localization", "radius", "inflation_mode", "inflation")})
+            self.param.update(preset=name, **{k: v for k, v in settings.items() if k not in modes})
             self._fit_component()
         self._apply_tuned_defaults()
-        extra = {k: settings[k] for k in ("localization", "radius", "inflation_mode", "inflation") if k in settings}
+        extra = {k: settings[k] for k in modes if k in settings}
         if extra:
             with self._quietly():
                 self.param.update(**extra)
-        self.restart()
+        self.request_restart()
+
+    def _request(self, fn) -> None:
+        """Run fn now, or through the runner (later, off the event loop) when there is one."""
+        if self.runner is None:
+            fn()
+        else:
+            self.runner(fn)
+
+    def request_restart(self) -> None:
+        """Restart with the current settings, now or through the runner."""
+        self.restarting = True
+        self._request(self.restart)
 
     def play(self) -> None:
-        if self.experiment is None:
-            self.restart()
-        if self.experiment is not None:
-            self._last_clock = None
-            self.playing = True
+        if self.experiment is None or self.restarting:
+            self._play_when_ready = True  # start playing once the (re)start has built an experiment
+            if not self.restarting:
+                self.request_restart()
+            return
+        self._last_clock = None
+        self.playing = True
 
     def pause(self) -> None:
         self.playing = False
@@ -352,69 +289,88 @@ class ExplorerState(param.Parameterized):
 
     def reset(self) -> None:
         """Restart with the current settings (same seed: the same truth again)."""
-        self.restart()
+        self.request_restart()
 
     def close(self) -> None:
-        """Drop the experiment and buffers (the session ended)."""
+        """Drop the experiment and the recorder (the session ended)."""
+        self._abort = True
         with self._lock:
             self.playing = False
             self.closed = True
             self.experiment = None
-            self.buffers = {}
+            self.recorder = None
+            self.runs = []
 
     # ------------------------------------------------------------------ the engine
+    def _build_filters(self) -> tuple[dict, list[RunSpec], list[str]]:
+        """Filters for the selected runs; MNMEF is left out (with a reason) when its weights are not ready."""
+        filters, runs, warnings = {}, [], []
+        self.mnmef_status = ""
+        for label in self.filters:
+            spec = RUNS[label]
+            if spec.base == "mnmef":
+                filt, info = mnmef_weights.get_filter(self.system, float(self.sigma_y), int(self.N))
+                self.mnmef_status = mnmef_weights.describe(info, filt is not None)
+                if filt is None:
+                    warnings.append(self.mnmef_status)
+                    continue
+            else:
+                filt = self._make_baseline(spec)
+            filters[label] = filt
+            runs.append(spec)
+        return filters, runs, warnings
+
     def restart(self) -> None:
         """Build a fresh experiment from the current settings; on bad settings show a message."""
+        self._abort = True  # a running advance stops after its current cycle
         with self._lock:
-            problem = self._validate()
-            if problem:
-                self.message = problem
-                self.playing = False
-                self.experiment = None  # the plots keep the last frames; Play retries
-                return
-            sys_ = self.sys
-            self.mnmef_status = ""
-            filters, runs, warnings = {}, [], []
+            self._abort = False
             try:
-                for label in self.filters:
-                    spec = RUNS[label]
-                    f = self._make(spec)
-                    if f is None:
-                        warnings.append(self.mnmef_status)
-                        continue
-                    filters[label] = f
-                    runs.append(spec)
-                if not filters:
-                    raise ValueError("no filter could be built: " + "; ".join(warnings))
-                exp = TwinExperiment(sys_, float(self.sigma_y), int(self.N), filters, trajectories=1,
-                                     seed=int(self.seed), purpose="test")
-            except Exception as exc:  # invalid values → a message, the session goes on
-                self.message = f"could not start: {exc}"
-                self.playing = False
-                self.experiment = None
-                return
-            if "MNMEF" not in self.filters:
-                self.mnmef_status = ""
-            self.experiment = exp
-            self.runs = runs
-            self.built_for = (self.system, tuple(spec.label for spec in runs))
-            self.built_system = sys_
-            self.message = "; ".join(warnings)
-            W, d = self.window, sys_.dim
-            blank = lambda: np.full((d, W), np.nan)  # noqa: E731
-            self.cycles = np.arange(-W + 1, 1, dtype=float)
-            self.truth_buf, self.obs_buf = blank(), blank()
-            self.buffers = {spec.label: RunBuffers(blank(), blank(), blank(), np.full(W, np.nan)) for spec in runs}
-            self._record(np.array([exp.truth[0]]), None,
-                         {s.label: (exp.mean(s.label)[0][None], exp.spread(s.label)[0][None], np.array([np.nan]))
-                          for s in runs}, {}, [0])
-            with param.edit_constant(self):
-                self.cycle = 0
-            self.cycles_per_second = 0.0
-            self._rate_hist.clear()
-            self._owed = 0.0
-            self._last_clock = None
-            self.restarts += 1
+                self._restart()
+            finally:
+                self.restarting = False
+            if self._play_when_ready:
+                self._play_when_ready = False
+                if self.experiment is not None:
+                    self._last_clock = None
+                    self.playing = True
+
+    def _restart(self) -> None:
+        """The body of restart(), holding the lock."""
+        if self.closed:
+            return
+        self._tuned_cache.clear()  # tables may have been re-tuned since
+        problem = self._validate()
+        if problem:
+            self.message = problem
+            self.playing = False
+            self.experiment = None  # the plots keep the last frames; Play retries
+            return
+        sys_ = self.sys
+        try:
+            filters, runs, warnings = self._build_filters()
+            if not filters:
+                raise ValueError("no filter could be built: " + "; ".join(warnings))
+            exp = TwinExperiment(sys_, float(self.sigma_y), int(self.N), filters, trajectories=1,
+                                 seed=int(self.seed), purpose="test")
+        except Exception as exc:  # invalid values → a message, the session goes on
+            self.message = f"could not start: {exc}"
+            self.playing = False
+            self.experiment = None
+            return
+        self.experiment = exp
+        self.runs = runs
+        loading = mnmef_weights.describe(mnmef_weights.LOADING, False)
+        self.message = "; ".join(w for w in warnings if w != loading)
+        self.recorder = Recorder(sys_, [s.label for s in runs], self.window, int(self.N))  # views read it: one swap
+        self._record_cycle(exp)
+        with param.edit_constant(self):
+            self.cycle = 0
+        self.cycles_per_second = 0.0
+        self._rate_hist.clear()
+        self._owed = 0.0
+        self._last_clock = None
+        self.restarts += 1
 
     def refilter(self) -> None:
         """Rebuild the baseline filters with the current inflation/localization, keeping ensembles."""
@@ -431,7 +387,7 @@ class ExplorerState(param.Parameterized):
                 self.message = f"could not apply: {exc}"
 
     def cycles_due(self, now: float | None = None) -> int:
-        """How many cycles the tick should run now to keep `speed` cycles/s (0 when paused)."""
+        """How many cycles the loop should run now to keep `speed` cycles/s (0 when paused)."""
         if not self.playing or self.experiment is None:
             self._last_clock = None
             return 0
@@ -448,10 +404,11 @@ class ExplorerState(param.Parameterized):
         self._owed -= n
         return n
 
-    def advance(self, n: int = 1) -> int:
+    def advance(self, n: int = 1, while_playing: bool = False) -> int:
         """Run up to n cycles (bounded by max_seconds_per_advance) and record them; thread-safe.
 
-        Returns the number of cycles done. Never raises: an engine error pauses and shows a message.
+        With `while_playing`, stops as soon as the user pauses (the session loop's calls), so a Pause
+        or a restart waits for one cycle at most. Never raises: an engine error pauses with a message.
         """
         if n <= 0:
             return 0
@@ -460,38 +417,18 @@ class ExplorerState(param.Parameterized):
             if exp is None or self.closed:
                 return 0
             start = time.perf_counter()
-            truths, obs, per_run, locs, cycles = [], [], {s.label: ([], [], []) for s in self.runs}, {}, []
             done = 0
             try:
-                while done < n:
+                while done < n and not self._abort and not (while_playing and not self.playing):
                     exp.step()
                     done += 1
-                    truths.append(exp.truth[0].copy())
-                    obs.append(exp.observation[0].copy())
-                    cycles.append(exp.cycle)
-                    rr = exp.running_rrmse()
-                    for s in self.runs:
-                        dead = bool(exp.diverged[s.label][0])
-                        m, sp, r = per_run[s.label]
-                        if dead:
-                            m.append(np.full(exp.system.dim, np.nan))
-                            sp.append(np.full(exp.system.dim, np.nan))
-                        else:
-                            m.append(np.asarray(exp.mean(s.label)[0], dtype=float))
-                            sp.append(np.asarray(exp.spread(s.label)[0], dtype=float))
-                        r.append(float(rr[s.label][0]))
-                        loc = getattr(exp.filters[s.label], "last_localization", None)
-                        if loc is not None and not dead:
-                            locs.setdefault(s.label, []).append(np.asarray(loc, dtype=float).reshape(-1, np.shape(loc)[-1])[0])
+                    self._record_cycle(exp)
                     if time.perf_counter() - start > self.max_seconds_per_advance:
                         break
             except Exception as exc:  # engine bug: keep the session alive
                 self.playing = False
                 self.message = f"step failed: {type(exc).__name__}: {exc}"
             if done:
-                self._record(np.array(truths), np.array(obs),
-                             {k: (np.array(v[0]), np.array(v[1]), np.array(v[2])) for k, v in per_run.items()},
-                             locs, cycles)
                 with param.edit_constant(self):
                     self.cycle = exp.cycle
                 now = time.monotonic()
@@ -501,24 +438,27 @@ class ExplorerState(param.Parameterized):
                     self.cycles_per_second = (exp.cycle - c0) / (now - t0)
             return done
 
-    def _record(self, truths, obs, per_run, locs, cycles) -> None:
-        """Append k cycles to the rolling buffers (truths (k, d), obs (k, p) or None)."""
-        k = len(truths)
-        _shift_in(self.cycles, np.asarray(cycles, dtype=float))
-        _shift_in(self.truth_buf, truths.T)
-        sys_ = self.built_system
-        full = np.full((sys_.dim, k), np.nan)
-        if obs is not None:
-            full[sys_.obs_idx, :] = obs.T
-        _shift_in(self.obs_buf, full)
-        for label, (means, spreads, rr) in per_run.items():
-            b = self.buffers[label]
-            _shift_in(b.mean, means.T)
-            _shift_in(b.spread, spreads.T)
-            _shift_in(b.error, np.abs(means - truths).T)
-            _shift_in(b.rrmse, rr)
-            for v in locs.get(label, []):
-                b.loc_history.append(v)
+    def _record_cycle(self, exp: TwinExperiment) -> None:
+        """Append the experiment's current cycle to the recorder."""
+        rr = exp.running_rrmse()
+        truth = exp.truth[0]
+        samples = {}
+        for s in self.runs:
+            state = exp.states[s.label]
+            if exp.diverged[s.label][0]:
+                nan = np.full(exp.system.dim, np.nan)
+                samples[s.label] = CycleSample(nan, nan, float("nan"), status="diverged")
+                continue
+            members = np.asarray(state[0]) if isinstance(state, np.ndarray) else None
+            rank = None if members is None else (members < truth).sum(axis=0)
+            loc = getattr(exp.filters[s.label], "last_localization", None)
+            if loc is not None:
+                loc = np.asarray(loc, dtype=float).reshape(-1, np.shape(loc)[-1])[0]
+            samples[s.label] = CycleSample(np.asarray(exp.mean(s.label)[0], dtype=float),
+                                           np.asarray(exp.spread(s.label)[0], dtype=float),
+                                           float(rr[s.label][0]), rank, loc,
+                                           status="lost track" if exp.lost_track(s.label)[0] else "")
+        self.recorder.append(exp.cycle, truth, None if exp.observation is None else exp.observation[0], samples)
 
     # ------------------------------------------------------------------ read-outs for the view
     def current_rrmse(self) -> dict[str, float]:
@@ -528,31 +468,43 @@ class ExplorerState(param.Parameterized):
         rr = self.experiment.running_rrmse()
         return {s.label: float(rr[s.label][0]) for s in self.runs}
 
+    def window_rrmse(self) -> dict[str, float]:
+        """label → R-RMSE over the recorder's window only (what the filter does lately)."""
+        if self.recorder is None:
+            return {}
+        return {s.label: self.recorder.window_rrmse(s.label) for s in self.runs}
+
     def diverged(self) -> dict[str, bool]:
         if self.experiment is None:
             return {}
         return {s.label: bool(self.experiment.diverged[s.label][0]) for s in self.runs}
 
-    def learned_localization(self, label: str):
-        """(distances, mean, std) of g_θ over recent cycles for an MNMEF run, or None."""
-        b = self.buffers.get(label) if hasattr(self, "buffers") else None
-        if b is None or not b.loc_history or self.experiment is None:
-            return None
-        filt = self.experiment.filters[label]
+    def run_status(self, label: str) -> str:
+        """'' while a run tracks the truth, 'diverged' (its ensemble turned non-finite) or 'lost track'
+        (finite, but its R-RMSE over the last 100 cycles is above the system's climatological level,
+        i.e. worse than always guessing the climatological mean; `TwinExperiment.lost_track`)."""
+        rec = self.recorder
+        return rec.runs[label].status if rec is not None and label in rec.runs else ""
+
+    def localization_distances(self, label: str, n: int) -> np.ndarray:
+        """The distances an MNMEF run's g_θ values refer to."""
+        filt = self.experiment.filters.get(label) if self.experiment is not None else None
         dist = getattr(filt, "unique_distances", None)
-        H = np.array(b.loc_history)
         if dist is None:
-            dist = np.arange(H.shape[1])
-        dist = np.asarray(dist, dtype=float).reshape(-1)
-        return dist, H.mean(axis=0), H.std(axis=0)
+            return np.arange(n, dtype=float)
+        return np.asarray(dist, dtype=float).reshape(-1)[:n]
 
     def gaspari_cohn_curve(self, distances: np.ndarray) -> np.ndarray:
         return gaspari_cohn(distances, self.gc_radius())
 
+    def settings(self) -> dict:
+        """The current settings (for the download and the status)."""
+        return {name: getattr(self, name) for name in ("system", "N", "sigma_y", "seed", "filters", "localization",
+                                                         "radius", "inflation_mode", "inflation", "speed")}
+
     def status_line(self) -> str:
         """'cycle 123 · 18.0 cycles/s · EnKF 0.31 · MNMEF diverged' (plain text)."""
-        parts = [f"cycle {self.cycle}", f"{self.cycles_per_second:.1f} cycles/s"]
-        rr, dead = self.current_rrmse(), self.diverged()
-        for s in self.runs:
-            parts.append(f"{s.label} diverged" if dead.get(s.label) else f"{s.label} R-RMSE {rr[s.label]:.3f}")
+        parts = [f"cycle {self.cycle}", f"{self.cycles_per_second:.1f} cycles/s" if self.playing else "paused"]
+        for label, rr, _, status in (self.recorder.summary() if self.recorder is not None else []):
+            parts.append(f"{label} {status}" if status else f"{label} R-RMSE {rr:.3f}")
         return " · ".join(parts)
