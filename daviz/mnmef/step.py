@@ -32,6 +32,11 @@ import numpy as np
 import torch
 
 MODES = ("eager", "graph", "compile", "compile+graph")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in text or "not enough memory" in text
 STATS = ("loss", "nonfinite_trajectories", "grad_norm", "skipped")
 
 
@@ -80,9 +85,13 @@ class TrainStep:
         opt.found_inf = self.found_inf  # fused AdamW reads it (the contract GradScaler uses)
         self.stats = torch.zeros(len(STATS), dtype=torch.float32, device=dev)
         self.graph = None
+        self.fallbacks: list[str] = []
         self.warmup_steps = int(warmup_steps)
         if "compile" in mode:
             (runner.module if hasattr(runner, "module") else runner).compile_cycle()
+        if self.cuda:
+            # cuSOLVER/cuBLAS for the batched LU solve: capturable kernels, no MAGMA (host-side logic)
+            torch.backends.cuda.preferred_linalg_library("cusolver")
         self._ready = mode == "eager"
 
     # -- the step itself -------------------------------------------------------------------------------
@@ -128,10 +137,33 @@ class TrainStep:
                         v.copy_(state[i][k]) if i in state else v.zero_()
 
     def prepare(self):
-        """Warm up, restore, and capture (CUDA) — once, after the first `set_windows`."""
+        """Warm up, restore, and capture (CUDA) — once, after the first `set_windows` and `load`.
+
+        If compiling or capturing fails (an op the compiler or the graph cannot take on this machine), the
+        step falls back to the next simpler mode (compile+graph -> graph -> eager) from the same restored
+        state and says so in `self.fallbacks`: a long run should not die on a speed-up."""
         if self._ready:
             return
         snap = self._snapshot()
+        while True:
+            try:
+                self._prepare(snap)
+                break
+            except Exception as exc:  # noqa: BLE001 - any failure of the fast path
+                if self.mode == "eager" or _is_oom(exc):
+                    raise
+                self._restore(snap)
+                self.graph = None
+                nxt = {"compile+graph": "graph", "compile": "eager", "graph": "eager"}[self.mode]
+                self.fallbacks.append(f"{self.mode} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); using {nxt}")
+                if "compile" in self.mode:
+                    inner = self.runner.module if hasattr(self.runner, "module") else self.runner
+                    inner.cycle = inner._cycle
+                self.mode = nxt
+                self.capture = "graph" in nxt and self.cuda
+        self._ready = True
+
+    def _prepare(self, snap):
         stream = torch.cuda.Stream(self.device) if self.cuda else None
         ctx = torch.cuda.stream(stream) if self.cuda else contextlib.nullcontext()
         if self.cuda:
@@ -144,11 +176,11 @@ class TrainStep:
         self._restore(snap)
         if self.capture:
             self.opt.zero_grad(set_to_none=True)  # backward inside the capture allocates the grads
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=stream):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
                 self._body()
+            self.graph = graph
             # capture recorded the work without running it: parameters are still the restored ones
-        self._ready = True
 
     # -- driving it ----------------------------------------------------------------------------------
     def set_windows(self, pairs: np.ndarray):

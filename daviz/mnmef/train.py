@@ -18,6 +18,7 @@ Runs data-parallel (DistributedDataParallel, eager steps) when launched by torch
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -35,7 +36,7 @@ from ..systems import SYSTEM_NAMES, get_system
 from . import checkpoint as ckpt
 from .model import MNMEF, ModelConfig, parameter_counts
 from .rollout import RolloutLoss
-from .step import MODES, STATS, TrainStep, make_optimizer
+from .step import MODES, STATS, TrainStep, _is_oom, make_optimizer
 
 # Table C.8 (pretraining at N=10): learning rate and batch size per system.
 TABLE_C8 = {"l96": (1e-3, 512), "ks": (5e-4, 256), "l63": (1e-3, 1024), "linear": (1e-3, 512)}
@@ -179,20 +180,26 @@ def natural_decay(cfg: TrainConfig) -> tuple[int, int]:
 
 
 def make_data(cfg: TrainConfig):
-    """Truth (C, T, d) and observations (C, T, p), float64, from the disjoint "train" streams."""
-    system = get_system(cfg.system)
-    chains = min(cfg.chains, cfg.trajectories)
-    per_chain = math.ceil(cfg.trajectories / chains)
-    T = per_chain * cfg.cycles + MAX_OFFSET + 1
-    x = system.initial_truth(stream(cfg.seed, "train", f"mnmef-truth-{cfg.system}"), chains)
+    """Truth (C, T, d) and observations (C, T, p), float64, from the disjoint "train" streams (cached, so
+    successive fine-tunes in one process build them once: callers must not modify them)."""
+    return _data(cfg.system, float(cfg.sigma_y), cfg.trajectories, cfg.cycles, cfg.chains, cfg.seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _data(system_name, sigma_y, trajectories, cycles, chains, seed):
+    system = get_system(system_name)
+    chains = min(chains, trajectories)
+    per_chain = math.ceil(trajectories / chains)
+    T = per_chain * cycles + MAX_OFFSET + 1
+    x = system.initial_truth(stream(seed, "train", f"mnmef-truth-{system_name}"), chains)
     truth = np.empty((chains, T, system.dim))
     for t in range(T):
         truth[:, t] = x
         x = system.step(x)
         if system.model_noise_std > 0:
-            x = x + system.model_noise_std * stream(cfg.seed, "train", f"mnmef-model-noise-{t}").standard_normal(x.shape)
-    noise = stream(cfg.seed, "train", f"mnmef-obs-{cfg.system}-{cfg.sigma_y}").standard_normal((chains, T, system.obs_dim))
-    return truth, system.observe(truth) + cfg.sigma_y * noise
+            x = x + system.model_noise_std * stream(seed, "train", f"mnmef-model-noise-{t}").standard_normal(x.shape)
+    noise = stream(seed, "train", f"mnmef-obs-{system_name}-{sigma_y}").standard_normal((chains, T, system.obs_dim))
+    return truth, system.observe(truth) + sigma_y * noise
 
 
 def epoch_windows(cfg: TrainConfig, chains: int, epoch: int) -> np.ndarray:
@@ -292,11 +299,6 @@ def _optimizer_policy(opt, cfg: TrainConfig, dev: torch.device) -> None:
     for st in opt.state.values():
         if isinstance(st.get("step"), torch.Tensor):
             st["step"] = st["step"].to(device=dev, dtype=torch.float32)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in text or "not enough memory" in text
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, device: str | None = None,
@@ -412,7 +414,8 @@ class _Trainer:
                          "branch": None if self.branch is None else {"from_step": self.branch[0], "decay_steps": self.branch[1]},
                          "lr_now": lr_at(cfg, max(self.step - 1, 0), self.decay_start, self.decay_steps)},
             "loss_history": self.history[-2000:], "training_seconds": round(self.elapsed, 1),
-            "step_mode": self.mode, "steps_per_second_this_run": None if rate is None else round(rate, 3),
+            "step_mode": self.stepper.mode, "step_mode_asked": self.mode, "step_fallbacks": self.stepper.fallbacks,
+            "steps_per_second_this_run": None if rate is None else round(rate, 3),
             "trajectory_cycles_per_second_this_run": None if rate is None else round(rate * cfg.batch_size * cfg.cycles, 1),
             "saved_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "hardware": ckpt.hardware(self.dev), "world_size": self.world, "code_version": ckpt.code_version(),
@@ -468,7 +471,7 @@ class _Trainer:
             return False
         if self.until_step is not None and self.until_step < cfg.total_steps:
             end = self.until_step
-            at = max(round((1 - cfg.decay_fraction) * end), 0)
+            at = min(round((1 - cfg.decay_fraction) * end), end - 1)  # at least one decay step
             if self.step < at:
                 return False
             length = end - self.step
