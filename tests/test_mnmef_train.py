@@ -318,3 +318,33 @@ def test_ddp_two_processes_gloo(tmp_path):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["world_size"] == 2 and meta["progress"]["finished"] and len(meta["loss_history"]) == 2
     ckpt.build_model(ckpt.load(out, system="l96"), out)
+
+
+def test_wsd_time_budget_branches(tmp_path):
+    """budget_seconds: the trunk stops at about 80 % of the time left after set-up, then decays a branch
+    sized from the measured step rate; a finished budget leaves both files (trunk resumable)."""
+    cfg = TrainConfig(epochs=1000, schedule="wsd", warmup_steps=2, **TINY)
+    m = train(cfg, tmp_path / "b.pt", progress=False, budget_seconds=6.0)
+    assert m["progress"]["kind"] == "decayed branch", m["progress"]
+    br = m["schedule"]["branch"]
+    assert br["from_step"] >= 1 and br["decay_steps"] >= 1
+    assert m["progress"]["step"] <= br["from_step"] + br["decay_steps"]
+    trunk = ckpt.load(tmp_path / "b.pt")
+    assert trunk["epoch"] * 2 + trunk["batch"] == br["from_step"] and not trunk["scheduler"]["branch"]
+
+
+def test_compile_failure_falls_back(tmp_path, monkeypatch):
+    """A speed-up that fails on a machine must not kill the run: the step falls back and says so."""
+    def broken(fn, **kw):
+        def f(*a, **k):
+            raise RuntimeError("inductor: simulated failure")
+        return f
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cfg = dict(epochs=1, **TINY)
+    ref = train(TrainConfig(**cfg), tmp_path / "e.pt", progress=False, mode="eager")
+    m = train(TrainConfig(**cfg), tmp_path / "c.pt", progress=False, mode="compile")
+    assert m["step_mode"] == "eager" and m["step_mode_asked"] == "compile"
+    assert "simulated failure" in m["step_fallbacks"][0]
+    assert m["loss_history"] == ref["loss_history"]
+    assert_same_weights(weights(tmp_path / "e.pt"), weights(tmp_path / "c.pt"))
