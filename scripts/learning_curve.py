@@ -102,6 +102,9 @@ def main() -> None:
             else:
                 meta = train(cfg, path, resume=True, progress=False, checkpoint_minutes=10)
                 weights = path
+            if not meta["progress"]["finished"]:  # interrupted (SIGTERM): resumable, nothing to record yet
+                print(f"{arm} {budget}: interrupted at step {meta['progress']['step']}; rerun to continue", flush=True)
+                return
             with torch.inference_mode():
                 row = evaluate_file(weights, 10, **ev)
             h = meta["loss_history"]

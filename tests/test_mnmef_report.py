@@ -1,0 +1,35 @@
+"""The report: the largest budget wins, superseded files are left out, improvement (5.4) has the paper's sign,
+and regenerating from the same files gives the same output."""
+import json
+
+from daviz.mnmef import report
+
+
+def row(filt, N, mean, traj=64, cycles=1500, system="l96", sigma=1.0):
+    return {"system": system, "filter": filt, "N": N, "sigma_y": sigma, "trajectories": traj, "cycles": cycles,
+            "rrmse_mean": mean, "rrmse_std": 0.01, "diverged": 0}
+
+
+def test_report(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "a.json").write_text(json.dumps([row("letkf", 10, 0.50), row("mnmef-finetuned", 10, 0.40),
+                                            row("letkf", 20, 0.30, traj=8)]))
+    (res / "b.json").write_text(json.dumps([row("letkf", 20, 0.36), row("mnmef-finetuned", 20, 0.45),
+                                            row("letkf", 10, 0.99, traj=4)]))  # smaller budget: loses
+    (res / "old.json").write_text(json.dumps([row("letkf", 10, 0.01)]))
+    (res / "superseded.json").write_text(json.dumps({"old.json": "wrong system"}))
+    assert report.main(["--results", str(res), "--out", str(tmp_path / "r")]) == 0
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    rows = data["l96_s1.0"]["rows"]
+    assert rows["letkf|10"]["rrmse_mean"] == 0.50 and rows["letkf|20"]["rrmse_mean"] == 0.36
+    imp = data["l96_s1.0"]["relative_improvement"]
+    assert abs(imp["mnmef-finetuned|letkf|10"] - 0.2) < 1e-12 and imp["mnmef-finetuned|letkf|20"] < 0
+    assert any("old.json" in n for n in data["notes"])
+    md = (tmp_path / "r" / "tables.md").read_text()
+    assert "**0.4000 ± 0.0100**" in md and "+20.0 %" in md
+    assert (tmp_path / "r" / "rrmse_l96_s1.0.png").stat().st_size > 0
+    assert (tmp_path / "r" / "improvement_l96_s1.0.png").is_file()
+    first = md
+    report.main(["--results", str(res), "--out", str(tmp_path / "r")])
+    assert (tmp_path / "r" / "tables.md").read_text() == first
