@@ -87,8 +87,7 @@ def test_captured_step_path_equals_plain_loop(tmp_path):
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad()
-        losses = runner(truth[c, t], obs[c, t], 1000 + b)
-        losses.mean().backward()
+        runner(truth[c, t], obs[c, t], 1000 + b, backward_scale=1 / (8 * (cfg.cycles + 1)))
         opt.step()
 
     fast = fresh()
@@ -102,6 +101,26 @@ def test_captured_step_path_equals_plain_loop(tmp_path):
     for (k, p), q in zip(ref.named_parameters(), fast.parameters()):
         torch.testing.assert_close(q, p, atol=1e-6, rtol=0, msg=k)
     assert any(not torch.equal(p, q) for p, q in zip(fresh().parameters(), fast.parameters()))
+
+
+@pytest.mark.parametrize("grad_window", [1, 3])
+def test_per_cycle_backward_equals_one_backward(grad_window):
+    """Gradients accumulated window by window (activations of one window in memory) equal one backward
+    through the whole rollout, up to float32 summation order."""
+    cfg = TrainConfig(epochs=1, **TINY)
+    truth, obs = (torch.as_tensor(a[:, :cfg.cycles + 1], dtype=torch.float32) for a in train_mod.make_data(cfg))
+    torch.manual_seed(0)
+    model = MNMEF(get_system("l96"), 1.0, ModelConfig(feature_dim=16))
+    runner = RolloutLoss(model, cfg.N, grad_window)
+    losses = runner(truth, obs, 5)
+    losses.mean().backward()
+    params = [q for q in model.parameters() if q.requires_grad]
+    whole = [q.grad.clone() for q in params]
+    model.zero_grad(set_to_none=True)
+    again = runner(truth, obs, 5, backward_scale=1 / truth.shape[0] / truth.shape[1])
+    torch.testing.assert_close(again, losses.detach(), rtol=0, atol=0)
+    for g, q in zip(whole, params):
+        torch.testing.assert_close(q.grad, g, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.slow

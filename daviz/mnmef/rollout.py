@@ -63,10 +63,17 @@ class RolloutLoss(nn.Module):
         return Ea, relative_sq_error(Ea.mean(1), truth)
 
     def compile_cycle(self, **options):
+        import warnings
+        # dynamo traces array_api_compat's cached type lookups (pure functions of a type): its warning is noise
+        warnings.filterwarnings("ignore", message=".*functools.lru_cache.*", category=UserWarning)
         self.cycle = torch.compile(self._cycle, fullgraph=False, dynamic=False, **options)
         return self
 
-    def forward(self, truth, obs, key):
+    def forward(self, truth, obs, key, backward_scale: float | None = None):
+        """Per-trajectory losses (B,). With `backward_scale`, the gradient of backward_scale x (sum of the
+        per-cycle errors) is accumulated into the parameters' .grad window by window, as the rollout goes:
+        each window's graph is freed at once, so memory holds one window's activations instead of all J
+        (at Table C.8's batch, tens of GB less on a GPU); the losses returned are then detached."""
         system = self.model.system
         B, J1, d = truth.shape
         if not isinstance(key, torch.Tensor):
@@ -74,11 +81,21 @@ class RolloutLoss(nn.Module):
         z0, r, q = draw(system, self.model.sigma_y, key, B, self.N, J1 - 1, truth.dtype)
         E = truth[:, :1, :] + system.init_ensemble_std * z0
         errors = [relative_sq_error(E.mean(1), truth[:, 0])]
+        window = []
         for j in range(1, J1):
             if self.grad_window and (j - 1) % self.grad_window == 0:
                 E = E.detach()
+                if window:
+                    (torch.stack(window).sum() * backward_scale).backward()
+                    window = []
             E, err = self.cycle(E, obs[:, j], truth[:, j], r[j - 1], None if q is None else q[j - 1])
-            errors.append(err)
+            if backward_scale is None:
+                errors.append(err)
+            else:
+                errors.append(err.detach())
+                window.append(err)
+        if window:
+            (torch.stack(window).sum() * backward_scale).backward()
         return torch.stack(errors, 1).mean(1)
 
 

@@ -40,6 +40,12 @@ def _is_oom(exc: BaseException) -> bool:
 STATS = ("loss", "nonfinite_trajectories", "grad_norm", "skipped")
 
 
+def losses_count(truth) -> int:
+    """B x (J+1): the loss is the mean of the per-cycle errors over trajectories and cycles. (A non-finite
+    trajectory makes the gradient non-finite whatever the mask, so the step is skipped: see found_inf.)"""
+    return truth.shape[0] * truth.shape[1]
+
+
 def make_optimizer(params, lr: float, weight_decay: float, device: torch.device):
     """Fused AdamW (one kernel for all tensors; CPU and CUDA) with the LR in a device tensor.
 
@@ -99,11 +105,16 @@ class TrainStep:
         sel = self.windows[self.batch_index * self.global_batch + self.rows]  # (B, 2) chain, start
         c = sel[:, :1]
         t = sel[:, 1:] + self.steps
-        losses = self.runner(self.truth_all[c, t], self.obs_all[c, t], self.key)
+        truth, obs = self.truth_all[c, t], self.obs_all[c, t]
+        if self.world == 1:  # gradients accumulated cycle by cycle: one cycle's activations in memory
+            losses = self.runner(truth, obs, self.key, backward_scale=1.0 / losses_count(truth))
+        else:  # DistributedDataParallel reduces gradients in one backward per forward
+            losses = self.runner(truth, obs, self.key)
         ok = torch.isfinite(losses)
         n_ok = ok.sum()
         loss = torch.where(ok, losses, torch.zeros_like(losses)).sum() / n_ok.clamp(min=1)
-        loss.backward()
+        if self.world > 1:
+            loss.backward()
         grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in self.params]
         gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         bad = (n_ok == 0) | ~torch.isfinite(gnorm)
