@@ -185,8 +185,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per mode")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 matrix products (reports the loss too)")
+    ap.add_argument("--floor-table", action="store_true",
+                    help="only the floor of all three systems at the Table C.8 batch (counted at batch 8, scaled)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.floor_table:
+        print(f"{'system':6} {'batch':>5} {'params':>8} {'GFLOP/step':>10} {'GB/step':>8} {'ops/step':>9}")
+        for system in ("l96", "ks", "l63"):
+            f = floor(system, a.N, a.cycles, 8, torch.device("cpu"), a.feature_dim)
+            B = TABLE_C8[system][1]
+            print(f"{system:6} {B:>5} {f['params']:>8,} {f['flops'] * B / 8 / 1e9:>10.1f} {f['bytes'] * B / 8 / 1e9:>8.1f} {f['ops']:>9,}")
+        return
     dev = torch.device(a.device)
     if a.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
