@@ -219,3 +219,21 @@ def test_sessions_are_independent_and_freed(server, browser):
         wait_until(lambda: proc.cpu_percent(interval=2.0) < 15.0, 60, "the server to go idle after the tabs closed")
         rss.append(proc.memory_info().rss)
     assert rss[2] - rss[0] < 150e6, f"server RSS grew {(rss[2] - rss[0]) / 1e6:.0f} MB over two more rounds"
+
+
+def test_server_stops_promptly_on_sigterm_while_sessions_play(browser):
+    with served_app(None, SERVER_ARGS) as srv:
+        pages = [open_page(browser, srv["url"] + f"?speed=60&seed={i}") for i in range(2)]
+        for page in pages:
+            page.get_by_role("button", name="Play").click()
+        wait_until(lambda: all(cycle_of(p) >= 10 for p in pages), 120, "both sessions to play")
+        proc = srv["proc"]
+        proc.terminate()
+        start = time.monotonic()
+        try:
+            proc.wait(timeout=15)
+        except Exception:
+            pytest.fail("panel serve did not exit within 15 s of SIGTERM while sessions were playing")
+        assert time.monotonic() - start < 15
+        for page in pages:
+            page.context.close()

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import panel as pn
 import param
+from bokeh.models import Div as BokehDiv
 from panel.io.state import set_curdoc
 
 from .. import __version__
@@ -45,10 +46,9 @@ URL_PARAMS = ("system", "N", "sigma_y", "seed", "speed", "preset", "filters", "l
               "inflation_mode", "inflation")
 
 CSS = """
-.daviz-status {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px; line-height: 1.6;}
+.daviz-status {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; line-height: 1.6;}
 .daviz-status .bad {color: #b00020; font-weight: 600;}
 .daviz-status .win {color: #555;}
-.daviz-lecture .daviz-status {font-size: 18px;}
 """
 
 
@@ -88,7 +88,14 @@ class Explorer(pn.viewable.Viewer):
         self._was_connected = False
         self.frames = 0
         self._build_widgets()
-        self._plots_area = pn.FlexBox(sizing_mode="stretch_width", flex_wrap="wrap", align_content="flex-start")
+        # Three persistent panes whose Bokeh layouts are swapped: panes added to a FlexBox after the page
+        # has rendered lose their flex sizing (measured), panes created up front keep it.
+        self._main_pane = _flex_pane(BokehDiv(text="<i>Starting the experiment…</i>"), 3, 560)
+        self._side_pane = _flex_pane(BokehDiv(text=""), 2, 360)
+        self._diag_pane = _flex_pane(BokehDiv(text=""), 2, 360)
+        self._diag_pane.visible = False
+        self._plots_area = pn.FlexBox(self._main_pane, self._side_pane, self._diag_pane, sizing_mode="stretch_width",
+                                      flex_wrap="wrap", align_content="flex-start")
         # Watchers may run on an engine thread (restarts): those touching Bokeh models only mark work
         # for the loop, which runs on the event loop holding the document lock.
         self.state.param.watch(self._on_message, ["message", "mnmef_status", "preset", "tuned_source"])
@@ -134,7 +141,7 @@ class Explorer(pn.viewable.Viewer):
                                        color="light", sizing_mode="stretch_width")
 
         self.status = pn.pane.HTML("", css_classes=["daviz-status"], sizing_mode="stretch_width",
-                                   stylesheets=[CSS], margin=(0, 10))
+                                   stylesheets=[CSS], margin=(0, 10), styles={"font-size": "13px"})
         # HTML panes, not Markdown alerts: user text (URL values) is escaped and shown as typed; a
         # Markdown pane would turn "[text](url)" into a link and "![x](url)" into a remote image.
         self.message = pn.pane.HTML("", visible=False, sizing_mode="stretch_width", margin=(2, 10),
@@ -216,10 +223,13 @@ class Explorer(pn.viewable.Viewer):
             return
         rec = st.recorder
         if rec is None:
-            if self.plots is None:
-                self._plots_area.objects = [pn.pane.Alert(
-                    "No experiment is running: fix the settings named above (the sidebar shows what is accepted).",
-                    alert_type="secondary", sizing_mode="stretch_width")]
+            if self.plots is not None or st.experiment is None:
+                self.plots = None
+                self._main_pane.object = BokehDiv(text=(
+                    "<i>No experiment is running: the message above says why and what is accepted.</i>"
+                    if st.message else "<i>Starting the experiment…</i>"))
+                self._side_pane.object = BokehDiv(text="")
+                self._diag_pane.visible = False
             return
         lecture, diagnostics = self.lecture, self.diagnostics and not self.lecture
         key = ExplorerPlots.layout_key(rec, lecture, diagnostics)
@@ -227,10 +237,13 @@ class Explorer(pn.viewable.Viewer):
             return
         first_seq = self.plots.seq if self.plots is not None else 0  # frame numbers go on across layouts
         self.plots = ExplorerPlots(st, lecture=lecture, diagnostics=diagnostics, first_seq=first_seq)
-        panes = [_flex_pane(self.plots.main, 3, 560), _flex_pane(self.plots.side, 2, 360)]
+        self.plots.on_ack = self._wake  # the next frame goes as soon as the browser has drawn this one
+        self.status.styles = {"font-size": "18px" if lecture else "13px"}
+        self._main_pane.object = self.plots.main
+        self._side_pane.object = self.plots.side
         if self.plots.diag is not None:
-            panes.append(_flex_pane(self.plots.diag, 2, 360))
-        self._plots_area.objects = panes
+            self._diag_pane.object = self.plots.diag
+        self._diag_pane.visible = self.plots.diag is not None
 
     def _update_status(self):
         self.status.object = self._status_html()

@@ -51,10 +51,11 @@ class Style:
         p.outline_line_color = "#bbbbbb"
         p.min_border_left = 50
 
-    def legend(self, items, location="top_left", columns: int = 1) -> Legend:
-        return Legend(items=items, label_text_font_size=self.font, spacing=0, padding=3, margin=4,
+    def legend(self, items, location="top_left", columns: int | None = None) -> Legend:
+        """A legend (click an entry to hide its curve); below a plot it runs in rows of up to 4 entries."""
+        return Legend(items=items, label_text_font_size=self.font, spacing=2, padding=3, margin=2,
                       glyph_height=12, glyph_width=16, location=location, click_policy="hide",
-                      background_fill_alpha=0.85, ncols=columns)
+                      background_fill_alpha=0.85, ncols=columns or min(len(items), 4), label_standoff=3)
 
 
 def _nice_ceiling(x: float) -> float:
@@ -99,6 +100,7 @@ class ExplorerPlots:
         self.sent_upto = -math.inf  # cycle of the newest column the browser has
         self.sent_bytes = 0  # payload of the last frame (images + lines), for the benchmark
         self.shown = None  # the recorder (experiment) whose columns the browser has
+        self.on_ack = None  # called (on the event loop) when the browser acknowledges a frame
 
     @staticmethod
     def layout_key(recorder, lecture: bool = False, diagnostics: bool = False) -> tuple:
@@ -116,6 +118,7 @@ class ExplorerPlots:
         p.image(image="image", x="x", y="y", dw="dw", dh="dh", source=src, color_mapper=mapper)
         st.apply(p, y_label="site" if first_column else None)
         p.yaxis.ticker = [0, d // 4, d // 2, 3 * d // 4, d - 1]
+        p.xaxis.ticker.desired_num_ticks = 4  # narrow panels: few, readable cycle labels
         p.yaxis.major_label_text_font_size = st.font if first_column else "0px"  # sites: read off column 1
         p.min_border_left = 50 if first_column else 6
         p.background_fill_color = "#eeeeee"
@@ -189,8 +192,7 @@ class ExplorerPlots:
                         line_width=1.5)
         self.style.apply(p, x_label="cycle", y_label="value")
         if legend:
-            p.add_layout(self.style.legend([("truth", [truth]), ("observation", [obs])] + items,
-                                           columns=2 if len(items) > 2 else 1), "below")
+            p.add_layout(self.style.legend([("truth", [truth]), ("observation", [obs])] + items), "below")
         self.series.append((src, component_fn, p, title_fn))
         del state
         return p
@@ -238,7 +240,7 @@ class ExplorerPlots:
         items = [(label, [p.line(x="t", y=f"r{i}", source=self.rmse_source, line_color=self.colors[label],
                                  line_width=st.line)]) for i, label in enumerate(self.labels)]
         st.apply(p, x_label="cycle", y_label="R-RMSE")
-        p.add_layout(st.legend(items, columns=2 if len(items) > 3 else 1), "below")
+        p.add_layout(st.legend(items), "below")
         self.rmse_fig = p
         figs = [p]
         if self.has_space:
@@ -281,7 +283,7 @@ class ExplorerPlots:
             items.append((f"{label} learned g_θ (mean ± std)", [band, line]))
             self.loc_sources[label] = src
         st.apply(p, x_label="distance (sites)", y_label="weight")
-        p.add_layout(st.legend(items), "below")
+        p.add_layout(st.legend(items, columns=1), "below")
         self.loc_fig = p
         self.loc_note = Div(text=(
             "<small>Gaspari–Cohn tapers the <i>covariance</i> and stays ≤ 1. MNMEF's g_θ = 2·softmax over the "
@@ -309,7 +311,7 @@ class ExplorerPlots:
                        line_dash="dashed")
             items.append((label, [a, b]))
         st.apply(p, x_label="cycle", y_label="RMSE, spread")
-        p.add_layout(st.legend(items, columns=2 if len(items) > 3 else 1), "below")
+        p.add_layout(st.legend(items), "below")
         self.spread_fig = p
         figs.append(p)
         for label in self.labels:
@@ -356,7 +358,9 @@ class ExplorerPlots:
             try:
                 self.acked = max(self.acked, int(new[0]))
             except (TypeError, ValueError):
-                pass
+                return
+            if self.on_ack is not None:
+                self.on_ack()
 
     def ready(self, now: float | None = None) -> bool:
         """Whether the browser has drawn the last frame (or it is overdue): the next may go."""

@@ -329,6 +329,7 @@ class ExplorerState(param.Parameterized):
                 self._restart()
             finally:
                 self.restarting = False
+                self.restarts += 1  # views rebuild (or show why there is nothing to show)
             if self._play_when_ready:
                 self._play_when_ready = False
                 if self.experiment is not None:
@@ -344,7 +345,9 @@ class ExplorerState(param.Parameterized):
         if problem:
             self.message = problem
             self.playing = False
-            self.experiment = None  # the plots keep the last frames; Play retries
+            self.experiment = None  # Play retries
+            self.recorder = None
+            self.runs = []
             return
         sys_ = self.sys
         try:
@@ -357,6 +360,8 @@ class ExplorerState(param.Parameterized):
             self.message = f"could not start: {exc}"
             self.playing = False
             self.experiment = None
+            self.recorder = None
+            self.runs = []
             return
         self.experiment = exp
         self.runs = runs
@@ -370,7 +375,6 @@ class ExplorerState(param.Parameterized):
         self._rate_hist.clear()
         self._owed = 0.0
         self._last_clock = None
-        self.restarts += 1
 
     def refilter(self) -> None:
         """Rebuild the baseline filters with the current inflation/localization, keeping ensembles."""
