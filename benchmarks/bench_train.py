@@ -24,7 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from daviz.mnmef.model import MNMEF, ModelConfig, parameter_counts
+from daviz.mnmef.model import MNMEF, ModelConfig
 from daviz.mnmef.rollout import RolloutLoss
 from daviz.mnmef.step import TrainStep, make_optimizer
 from daviz.mnmef.train import TABLE_C8, TrainConfig, epoch_windows, make_data

@@ -83,7 +83,7 @@ def tables(rows: dict) -> tuple[str, dict]:
                 cells.append("" if r is None else (f"**{_fmt(r)}**" if r["rrmse_mean"] == low else _fmt(r)))
             out.append(f"| {N} | " + " | ".join(cells) + " |")
         budgets = sorted({(r["trajectories"], r["cycles"]) for r in sub.values()})
-        out.append(f"\nR-RMSE mean ± std over test trajectories (eqs. 5.3, 5.8); budgets (trajectories x cycles): "
+        out.append("\nR-RMSE mean ± std over test trajectories (eqs. 5.3, 5.8); budgets (trajectories x cycles): "
                    + ", ".join(f"{t} x {c}" for t, c in budgets) + ".\n")
         ours = [f for f in MNMEF if any(k[0] == f for k in sub)]
         base = [f for f in BASELINES if any(k[0] == f for k in sub)]
