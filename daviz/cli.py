@@ -24,6 +24,7 @@ from .tuning import grid_for, is_tuned, save_tuned, sweep, tuned_params
 
 PAPER_N = (5, 10, 15, 20, 40, 60, 100)
 MNMEF_VARIANTS = {"mnmef": "auto", "mnmef-pretrained": "pretrained", "mnmef-finetuned": "finetuned"}
+SCORE_FILTERS = ("ensf", "latent-ensf")  # EnSF (daviz.filters.ensf) and Latent-EnSF (daviz.latent, shipped VAE)
 
 
 def _int(text: str) -> int:
@@ -102,9 +103,32 @@ def sigma_list(text: str) -> list[float]:
     return values
 
 
+def settings_grid(text: str) -> dict:
+    """'kernel=0.25,0.5;steps=20' -> {'kernel': (0.25, 0.5), 'steps': (20.0,)} (EnSF settings for `tune`)."""
+    from .filters.ensf import PARAM_NAMES
+
+    grid = {}
+    for item in (v.strip() for v in text.split(";")):
+        if not item:
+            continue
+        name, _, values = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in PARAM_NAMES:
+            raise argparse.ArgumentTypeError(f"unknown EnSF setting {name!r}; choose from {', '.join(PARAM_NAMES)}")
+        try:
+            grid[name] = tuple(float(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected NAME=V1,V2 with numbers, got {item!r}") from None
+        if not grid[name] or any(math.isnan(v) for v in grid[name]):
+            raise argparse.ArgumentTypeError(f"expected NAME=V1,V2 with numbers, got {item!r}")
+    if not grid:
+        raise argparse.ArgumentTypeError(f"no settings in {text!r}")
+    return grid
+
+
 def filter_list(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
-    known = set(FILTER_NAMES) | {"kalman"} | set(MNMEF_VARIANTS)
+    known = set(FILTER_NAMES) | {"kalman"} | set(MNMEF_VARIANTS) | set(SCORE_FILTERS)
     bad = [n for n in names if n not in known]
     if bad or not names:
         raise argparse.ArgumentTypeError(f"unknown filter(s) {bad}; choose from {sorted(known)}")
@@ -118,10 +142,17 @@ def build_filter(name, system, sigma_y, N, inflation=None, radius=None):
 
         f, info = load_filter(system.name, sigma_y, N, variant=MNMEF_VARIANTS[name])
         return f, {"weights": info}
+    if name == "latent-ensf":  # weights from pretrained/, inflation and gamma from the tuned table
+        from .latent.pretrained import load_filter as load_latent  # torch only when asked for
+
+        tuned = tuned_params(system.name, name, N, sigma_y)
+        f, info = load_latent(system, sigma_y, inflation=tuned["inflation"] if inflation is None else inflation,
+                              **tuned.get("params", {}))
+        return f, {**f.params, "vae": info, "source": tuned["source"] if inflation is None else "command line"}
     tuned = tuned_params(system.name, name, N, sigma_y)
     infl = tuned["inflation"] if inflation is None else inflation
     rad = tuned["radius"] if radius is None else (None if radius <= 0 or np.isinf(radius) else radius)
-    f = make_filter(name, system, sigma_y, inflation=infl, radius=rad)
+    f = make_filter(name, system, sigma_y, inflation=infl, radius=rad, **tuned.get("params", {}))
     return f, {**f.params, "source": tuned["source"] if inflation is None and radius is None else "command line"}
 
 
@@ -173,6 +204,10 @@ def _kind(name: str) -> str:
     return "mnmef" if name in MNMEF_VARIANTS else name
 
 
+def _needs_weights(name: str) -> bool:
+    return name in MNMEF_VARIANTS or name == "latent-ensf"
+
+
 def cmd_evaluate(args) -> list[dict]:
     # Everything that can be refused is refused here, before any trajectory is computed.
     if args.json:
@@ -185,11 +220,12 @@ def cmd_evaluate(args) -> list[dict]:
         for N in args.N:
             filters, params = {}, {}
             for name in args.filters:
-                if name not in MNMEF_VARIANTS:
+                if not _needs_weights(name):
                     filters[name], params[name] = build_filter(name, system, sigma_y, N, args.inflation, args.radius)
                     continue
                 try:
-                    filters[name], params[name] = build_filter(name, system, sigma_y, N)
+                    filters[name], params[name] = build_filter(name, system, sigma_y, N,
+                                                               args.inflation if name == "latent-ensf" else None)
                 except Exception as exc:  # no/corrupt weights, no torch: skip MNMEF, keep the rest
                     print(f"skipping {name} at N={N}, sigma_y={sigma_y}: {exc}", file=sys.stderr)
             if filters:
@@ -255,7 +291,7 @@ def cmd_tune(args) -> None:
     tune_many(args.system, args.filter, args.N, args.sigma_y, rounds=parse_rounds(args.rounds),
               final=(args.trajectories, args.cycles), keep=args.keep, finalists=args.finalists,
               refine=not args.no_refine, inflations=args.inflations, radii=args.radii, seed=args.seed,
-              workers=args.workers, dry_run=args.dry_run, skip_existing=args.skip_existing)
+              workers=args.workers, dry_run=args.dry_run, skip_existing=args.skip_existing, grid=args.ensf_grid)
 
 
 def cmd_simulate(args) -> None:
@@ -315,7 +351,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     tu = sub.add_parser("tune", help="successive-halving search of inflation x radius on tuning trajectories")
     common(tu, ",".join(map(str, PAPER_N)))
-    tu.add_argument("--filter", choices=FILTER_NAMES, default="letkf")
+    tu.add_argument("--filter", choices=FILTER_NAMES + ("ensf",), default="letkf")
     tu.add_argument("--trajectories", type=int, default=16, help="final round: trajectories per point")
     tu.add_argument("--cycles", type=int, default=1000, help="final round: cycles per trajectory")
     tu.add_argument("--rounds", help="earlier rounds as TRAJxCYCLES list, e.g. 4x250,8x500 (first: every point)")
@@ -324,6 +360,9 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tu.add_argument("--no-refine", action="store_true", help="skip the finer grid around the optimum")
     tu.add_argument("--inflations", type=float_list)
     tu.add_argument("--radii", type=float_list)
+    tu.add_argument("--ensf-grid", type=settings_grid, metavar="NAME=V1,V2;...",
+                    help="EnSF settings searched with the inflations (default kernel=0.25,0.5,0.75), e.g. "
+                         "'kernel=0.25,0.5;damping=0.5,1,2;steps=20,50' (also eps_alpha, eps_beta)")
     tu.add_argument("--workers", type=int, help="processes (default: all cores)")
     tu.add_argument("--dry-run", action="store_true", help="print the optimum without writing the table")
     tu.add_argument("--skip-existing", action="store_true",
@@ -347,6 +386,12 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             pass
         else:
             register(sub)
+        try:  # train-latent (Latent-EnSF's coupled VAE) needs torch too
+            from .latent.commands import register as register_latent
+        except ImportError:
+            pass
+        else:
+            register_latent(sub)
     return p
 
 

@@ -50,9 +50,18 @@ DEFAULT_KEEP = 3.0
 DEFAULT_FINALISTS = 3
 
 
-def grid_for(system_name: str, filter_name: str, inflations=None, radii=None) -> list[tuple[float, float | None]]:
-    """(inflation, radius) points; radius None where the filter or the system does not localize."""
+def grid_for(system_name: str, filter_name: str, inflations=None, radii=None, grid=None) -> list[tuple]:
+    """(inflation, radius) points; radius None where the filter or the system does not localize.
+
+    A filter class with a `tune_grid` ({setting: values}, e.g. EnSF's kernel) gets (inflation, settings)
+    points instead, settings a tuple of (name, value) pairs over the product of `grid` (default tune_grid).
+    """
     inflations = tuple(inflations or INFLATION_GRID)
+    settings = getattr(FILTER_CLASSES[filter_name], "tune_grid", None)
+    if settings is not None:  # filter-specific settings (EnSF): points (inflation, ((name, value), ...))
+        settings = dict(settings if grid is None else grid)
+        names = sorted(settings)
+        return list(product(inflations, [tuple(zip(names, v)) for v in product(*(settings[n] for n in names))]))
     localizes = FILTER_CLASSES[filter_name].localizes and get_system(system_name).periodic
     if not localizes:
         return [(a, None) for a in inflations]
@@ -113,7 +122,11 @@ def _values_chunk(args) -> np.ndarray:
     n = len(points)
     inflation = np.repeat([p[0] for p in points], trajectories)
     radius = None if points[0][1] is None else np.repeat([p[1] for p in points], trajectories)
-    f = make_filter(filter_name, system_name, sigma_y, inflation=inflation, radius=radius)
+    settings = {}
+    if isinstance(points[0][1], tuple):  # (name, value) pairs: one value per batch element of each setting
+        settings = {name: np.repeat([dict(p[1])[name] for p in points], trajectories) for name, _ in points[0][1]}
+        radius = None
+    f = make_filter(filter_name, system_name, sigma_y, inflation=inflation, radius=radius, **settings)
     exp = TwinExperiment(system_name, sigma_y, N, {filter_name: f}, trajectories=trajectories,
                          seed=seed, purpose="tune", replicas=n)
     return exp.run(cycles)[filter_name].reshape(n, trajectories)
@@ -160,8 +173,8 @@ def refined_points(center: tuple[float, float | None], inflations, radii) -> lis
     infl, rad = center
     step = 0.01 if infl < 1.1 - 1e-9 else 0.02
     infls = sorted({round(infl + k * step, 4) for k in (-2, -1, 0, 1, 2) if infl + k * step >= 1.0 - 1e-12})
-    if rad is None:
-        return [(a, None) for a in infls]
+    if rad is None or isinstance(rad, tuple):  # no radius, or filter settings: refine the inflation only
+        return [(a, rad) for a in infls]
     grid = sorted(set(radii) | {rad})
     i = grid.index(rad)
     lo = (grid[i - 1] + rad) / 2 if i > 0 else 0.75 * rad
@@ -321,18 +334,20 @@ def tuned_params(system_name: str, filter_name: str, N: int, sigma_y: float, dir
             n_key = min(table[s_key], key=lambda n: abs(np.log(int(n) / N)))
             entry = table[s_key][n_key]
             return {"inflation": entry["inflation"], "radius": entry["radius"] if localizes else None,
-                    "source": f"tuned at N={n_key}, sigma_y={s_key}"}
+                    "source": f"tuned at N={n_key}, sigma_y={s_key}",
+                    **({"params": entry["params"]} if isinstance(entry.get("params"), dict) else {})}
     return {"inflation": FALLBACK["inflation"] if system_name != "linear" else 1.0,
             "radius": FALLBACK["radius"].get(system_name) if localizes else None, "source": "default (not tuned)"}
 
 
 def tune_many(system_name: str, filter_name: str, Ns, sigma_ys, rounds=None, final=None, keep=None, finalists=None,
               refine: bool = True, inflations=None, radii=None, seed: int = 0, workers: int | None = 1,
-              dry_run: bool = False, skip_existing: bool = False, directory: Path = TUNED_DIR, log=print) -> list[dict]:
+              dry_run: bool = False, skip_existing: bool = False, directory: Path = TUNED_DIR, log=print,
+              grid=None) -> list[dict]:
     """`daviz tune`: successive halving for each (sigma_y, N); each result is written to the table as it
     comes (so a cut-off run resumes with skip_existing), with its budget and CPU time in the entry."""
     out = []
-    points = grid_for(system_name, filter_name, inflations, radii)
+    points = grid_for(system_name, filter_name, inflations, radii, grid)
     for sigma_y in sigma_ys:
         for N in Ns:
             if skip_existing and (is_tuned(system_name, filter_name, N, sigma_y, directory, METHOD)
@@ -349,9 +364,12 @@ def tune_many(system_name: str, filter_name: str, Ns, sigma_ys, rounds=None, fin
             label = f"{system_name} {filter_name} N={N} sigma_y={sigma_y}"
             if res["status"] == "ok":
                 infl, rad = res["best"]
+                if isinstance(rad, tuple):  # filter settings (EnSF) are stored with the entry, not as a radius
+                    meta, rad = {**meta, "params": dict(rad)}, None
                 if not dry_run:
                     save_tuned(system_name, filter_name, N, sigma_y, infl, rad, res["rrmse"], meta, directory)
-                log(f"{label}: inflation={infl} radius={rad} R-RMSE={res['rrmse']:.4f} on {t} x {c} "
+                chosen = f"settings={meta['params']}" if "params" in meta else f"radius={rad}"
+                log(f"{label}: inflation={infl} {chosen} R-RMSE={res['rrmse']:.4f} on {t} x {c} "
                     f"(lost {res['lost']}/{t}); {res['grid_points']} points, {res['cpu_seconds']} CPU s", flush=True)
             else:
                 if not dry_run:
