@@ -21,6 +21,7 @@ from .filters import FILTER_NAMES, make_filter
 from .metrics import average_rrmse, rrmse_std
 from .systems import SYSTEM_NAMES, get_system
 from .tuning import grid_for, is_tuned, save_tuned, sweep, tuned_params
+from .variational import VARIATIONAL_NAMES  # 4D-Var and Neural Incremental DA (no torch at import)
 
 PAPER_N = (5, 10, 15, 20, 40, 60, 100)
 MNMEF_VARIANTS = {"mnmef": "auto", "mnmef-pretrained": "pretrained", "mnmef-finetuned": "finetuned"}
@@ -129,6 +130,7 @@ def settings_grid(text: str) -> dict:
 def filter_list(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
     known = set(FILTER_NAMES) | {"kalman"} | set(MNMEF_VARIANTS) | set(SCORE_FILTERS)
+    known |= set(VARIATIONAL_NAMES)
     bad = [n for n in names if n not in known]
     if bad or not names:
         raise argparse.ArgumentTypeError(f"unknown filter(s) {bad}; choose from {sorted(known)}")
@@ -137,6 +139,10 @@ def filter_list(text: str) -> list[str]:
 
 def build_filter(name, system, sigma_y, N, inflation=None, radius=None):
     """A filter with tuned parameters unless overridden; returns (filter, params-for-report)."""
+    if name in VARIATIONAL_NAMES:  # 4D-Var (tuned window/B), NIDA (shipped weights): daviz.variational
+        from .variational import build_variational
+
+        return build_variational(name, system, sigma_y)
     if name in MNMEF_VARIANTS:
         from .mnmef.pretrained import load_filter  # torch only when asked for
 
@@ -236,7 +242,10 @@ def cmd_evaluate(args) -> list[dict]:
     rows, started = [], time.perf_counter()
     for sigma_y, N, filters, params in plan:
         block = time.perf_counter()
-        exp = TwinExperiment(system, sigma_y, N, filters, trajectories=args.trajectories, seed=args.seed)
+        exp_cls = TwinExperiment
+        if any(name in VARIATIONAL_NAMES for name in filters):  # also scores their window-end analyses
+            from .variational.experiment import WindowEndExperiment as exp_cls
+        exp = exp_cls(system, sigma_y, N, filters, trajectories=args.trajectories, seed=args.seed)
         start = time.perf_counter()
         result = exp.run(args.cycles, progress=not args.quiet)
         total = time.perf_counter() - start
@@ -256,6 +265,8 @@ def cmd_evaluate(args) -> list[dict]:
                 "params": params[name],
                 "seconds": round(exp.seconds[name] + shared / len(filters), 3),
             })
+            if name in getattr(exp, "window_end_names", ()):  # R-RMSE of the window-end analyses, solver figures
+                rows[-1].update(exp.variational_report(name))
     print_table(rows)
     if args.json:
         write_json(args.json, rows)
@@ -274,7 +285,7 @@ def print_table(rows: list[dict]) -> None:
     print("-" * len(head))
     for r in rows:
         p = r["params"]
-        infl = "learned" if "weights" in p else f"{p['inflation']:.3g}"
+        infl = "learned" if "weights" in p else ("-" if p.get("inflation") is None else f"{p['inflation']:.3g}")
         rad = "learned" if "weights" in p else ("off" if p["radius"] is None else f"{p['radius']:.3g}")
         print(f"{r['system']:6} {r['filter']:16} {r['N']:>4} {r['sigma_y']:>7.2f} {_fmt(r['rrmse_mean'], '.4f'):>11} "
               f"{_fmt(r['rrmse_std'], '.4f'):>7} {r['diverged']:>8d} {r['lost_track']:>4d} {infl:>9} {rad:>6} "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..systems import System, get_system
+from ..variational import VARIATIONAL_NAMES, VARIATIONAL_TITLES  # 4D-Var, NIDA (torch only when built)
 from .base import EnsembleFilter, inflate
 from .enkf import EnKF
 from .ensf import EnSF
@@ -13,6 +14,7 @@ from .letkf import LETKF
 FILTER_CLASSES = {cls.name: cls for cls in (EnKF, ESRF, LETKF, IEnKF, KalmanFilter, EnSF)}
 FILTER_NAMES = ("enkf", "esrf", "letkf", "ienkf")  # the paper's baselines
 FILTER_TITLES = {"enkf": "EnKF", "esrf": "ESRF", "letkf": "LETKF", "ienkf": "IEnKF", "kalman": "Kalman", "mnmef": "MNMEF"}
+FILTER_TITLES.update(VARIATIONAL_TITLES)
 FILTER_TITLES.update({"ensf": "EnSF", "latent-ensf": "Latent-EnSF"})
 
 
@@ -23,6 +25,10 @@ def make_filter(name: str, system: System | str, sigma_y: float, inflation=1.0, 
     `params` are filter-specific settings (EnSF: steps, eps_alpha, eps_beta, damping, kernel). "latent-ensf"
     loads the shipped coupled-VAE weights for (system, sigma_y) (torch needed; CheckpointError if missing).
     """
+    if name in VARIATIONAL_NAMES:  # daviz.variational: inflation and radius do not apply (tuned window, B)
+        from ..variational import build_variational
+
+        return build_variational(name, system, sigma_y)[0]
     if name == "latent-ensf":
         from ..latent.pretrained import load_filter  # torch only when asked for
 
