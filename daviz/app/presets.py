@@ -30,6 +30,16 @@ PRESETS: dict[str, dict] = {
             "g_θ(distance) next to Gaspari–Cohn.",
         ),
     },
+    "Why score filters need a latent space": {
+        "settings": {"system": "ks", "N": 20, "sigma_y": 1.0, "seed": 0,
+                     "filters": ["LETKF", "EnSF", "Latent-EnSF"]},
+        "explanation": (
+            "Kuramoto–Sivashinsky observed at every 8th point. EnSF moves members along the likelihood's gradient, "
+            "which is zero at the 7 points in 8 nobody observes: there its error grows to that of knowing nothing.",
+            "Latent-EnSF runs the same sampler in the latent space of a VAE that also encodes the sparse observation, "
+            "so every latent component is observed and the whole field is corrected.",
+        ),
+    },
 }
 
 

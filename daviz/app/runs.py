@@ -9,7 +9,7 @@ class RunSpec:
     """One filter run shown in the app: a base filter plus optional fixed overrides."""
 
     label: str
-    base: str  # enkf | esrf | letkf | ienkf | mnmef
+    base: str  # enkf | esrf | letkf | ienkf | mnmef | ensf | latent-ensf
     color: str
     radius_off: bool = False  # this variant never localizes
     no_inflation: bool = False  # this variant never inflates (inflation = 1)
@@ -27,6 +27,11 @@ RUNS = {spec.label: spec for spec in (
     RunSpec("LETKF (no localization)", "letkf", "#56B4E9", radius_off=True,
             help="LETKF with localization switched off"),
     RunSpec("LETKF (no inflation)", "letkf", "#7F7F7F", no_inflation=True, help="LETKF with inflation 1"),
+    # Score-based filters (Paul Tol's wine and indigo, clear of the Okabe–Ito colours above)
+    RunSpec("EnSF", "ensf", "#882255",
+            help="ensemble score filter: new members drawn by a reverse diffusion from the forecast's score"),
+    RunSpec("Latent-EnSF", "latent-ensf", "#332288",
+            help="EnSF in the latent space of a coupled VAE that also encodes the sparse observation"),
 )}
 RUN_LABELS = tuple(RUNS)
 TRUTH_COLOR = "#000000"

@@ -23,7 +23,8 @@ def make_filter(name: str, system: System | str, sigma_y: float, inflation=1.0, 
     """A baseline filter by name; `radius` None means no localization (ignored by ESRF and IEnKF).
 
     `params` are filter-specific settings (EnSF: steps, eps_alpha, eps_beta, damping, kernel). "latent-ensf"
-    loads the shipped coupled-VAE weights for (system, sigma_y) (torch needed; CheckpointError if missing).
+    loads the shipped coupled-VAE weights for (system, sigma_y) (torch needed; CheckpointError if missing);
+    its inflation=None means the one recorded with the weights.
     """
     if name in VARIATIONAL_NAMES:  # daviz.variational: inflation and radius do not apply (tuned window, B)
         from ..variational import build_variational

@@ -1,0 +1,110 @@
+"""Cost of one analysis of EnSF and Latent-EnSF next to LETKF's: milliseconds per trajectory.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_score_filters.py [--systems l96,ks] [--N 10,20,40,100] [--B 16]
+        [--repeats 5] [--filters letkf,ensf,latent-ensf]
+    python benchmarks/bench_score_filters.py --app [--systems l96,ks] [--N 20]
+
+--app measures instead the explorer's cycles per second with the filters of the preset "Why score filters
+need a latent space" (LETKF, EnSF, Latent-EnSF), through benchmarks/bench_app.py's update path (engine,
+frame, patch serialisation; one CPU core).
+
+The analysis alone (no forecast), on a forecast ensemble taken from a short twin experiment, B trajectories
+at once, best of `repeats`; filters built as `daviz evaluate` builds them (tuned tables, shipped weights).
+B=1 is what the explorer pays per cycle and filter; the explorer's budget at 20 cycles/s is 50 ms per cycle
+for everything. Numbers depend on the machine and its load: rerun the LETKF row in the same call.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from daviz.cli import build_filter
+from daviz.experiment import TwinExperiment
+from daviz.systems import get_system
+
+
+def analysis_ms(system_name: str, name: str, N: int, B: int, repeats: int) -> float:
+    system = get_system(system_name)
+    f, _ = build_filter(name, system, 1.0, N)
+    exp = TwinExperiment(system, 1.0, N, {name: f}, trajectories=B, seed=0)
+    exp.run(5)
+    rng = np.random.default_rng(0)
+    E = f.forecast(exp.states[name], rng)
+    y = exp.observation
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f.analysis(E, y, rng)
+        best = min(best, time.perf_counter() - start)
+    return 1e3 * best / B
+
+
+def app_rate(system: str, N: int, cycles: int = 100) -> None:
+    """Explorer cycles/s with the preset's filters (bench_app's measurement, on one core)."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_app  # noqa: E402  (pins one core and one thread on import)
+    from bokeh.document import Document
+    from bokeh.protocol import Protocol
+
+    from daviz.app.plots import ExplorerPlots
+    from daviz.app.presets import PRESETS
+    from daviz.app.state import ExplorerState
+
+    filters = PRESETS["Why score filters need a latent space"]["settings"]["filters"]
+    state = ExplorerState(system=system, N=N, sigma_y=1.0, filters=filters)
+    state.max_seconds_per_advance = 1e9
+    state.restart()
+    plots = ExplorerPlots(state)
+    doc = Document()
+    doc.add_root(plots.main)
+    doc.add_root(plots.side)
+    events: list = []
+    doc.on_change(events.append)
+    state.advance(20)
+    plots.push_frame()
+    before = dict(state.experiment.seconds)
+    rows = [(k, bench_app.measure(state, plots, doc, events, cycles, k, Protocol())) for k in (1, 3)]
+    n = sum(r["cycles"] for _, r in rows)
+    per_filter = ", ".join(f"{k} {1e3 * (state.experiment.seconds[k] - before[k]) / n:.1f} ms"
+                           for k in state.experiment.seconds)
+    print(f"{system} N={N} [{', '.join(s.label for s in state.runs)}]{' ' + state.message if state.message else ''}: "
+          + "; ".join(f"{k} cycle(s)/frame {r['cps']:.1f} cycles/s" for k, r in rows) + f" (engine: {per_filter})",
+          flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--systems", default="l96,ks")
+    ap.add_argument("--N", default="10,20,40,100")
+    ap.add_argument("--B", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--filters", default="letkf,ensf,latent-ensf")
+    ap.add_argument("--app", action="store_true", help="explorer cycles/s with the preset's filters instead")
+    args = ap.parse_args()
+    Ns = [int(n) for n in args.N.split(",")]
+    if args.app:
+        for system in args.systems.split(","):
+            for n in Ns:
+                app_rate(system, n)
+        return
+    print(f"milliseconds per analysis and trajectory, B={args.B}, best of {args.repeats} (lower is better)")
+    head = f"{'system':6} {'filter':12} " + " ".join(f"{'N=' + str(n):>9}" for n in Ns)
+    print(head)
+    print("-" * len(head))
+    for system in args.systems.split(","):
+        for name in args.filters.split(","):
+            try:
+                costs = [analysis_ms(system, name, n, args.B, args.repeats) for n in Ns]
+            except Exception as exc:  # e.g. no shipped weights
+                print(f"{system:6} {name:12} skipped: {str(exc).splitlines()[0]}")
+                continue
+            print(f"{system:6} {name:12} " + " ".join(f"{c:9.2f}" for c in costs), flush=True)
+
+
+if __name__ == "__main__":
+    main()
