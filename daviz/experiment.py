@@ -17,10 +17,12 @@ Two failure marks per filter and trajectory:
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -35,33 +37,66 @@ _climatology: dict[tuple, dict] = {}
 _climatology_lock = threading.Lock()
 
 
-def climatology(system: System | str, trajectories: int = 16, cycles: int = 2000) -> dict:
+CLIMATOLOGY_TABLE = Path(__file__).parent / "systems" / "climatology.json"
+
+
+def climatology(system: System | str, trajectories: int = 16, cycles: int = 2000, use_table: bool = True) -> dict:
     """The system's climatological mean μ (d,) and level R_clim = Σ_j ‖v_j − μ‖ / Σ_j ‖v_j‖: the R-RMSE (5.2)
     of the estimator that ignores every observation and always answers μ.
 
     Estimated from a fixed free run: `trajectories` truths put on the attractor by the system's own burn-in
     (the "tune" stream "climatology", seed 0), then `cycles` observation intervals each. Where the system
     is translation-invariant (periodic: L96, KS) all components share one mean. Measured: L63 0.50,
-    L96 0.84, KS 1.00. A few seconds per system, once per process (cached, thread-safe: an app may call
-    it at start-up to warm it). Same recipe as `daviz.tuning.climatology`.
+    L96 0.84, KS 1.00. The default recipe's values for L63, L96 and KS are read from the shipped table
+    systems/climatology.json (written by `write_climatology_table`, checked against a fresh run by the
+    tests): computing them takes seconds per system, which froze the app's first sessions. Other systems
+    and recipes are computed once per process (cached, thread-safe). Same recipe as `daviz.tuning`.
     """
     system = get_system(system) if isinstance(system, str) else system
     key = (system.name, int(trajectories), int(cycles))
     with _climatology_lock:
+        if key not in _climatology and use_table and (trajectories, cycles) == (16, 2000):
+            shipped = _climatology_table().get(system.name)
+            if shipped is not None and len(shipped["mean"]) == system.dim:
+                _climatology[key] = {"mean": np.asarray(shipped["mean"], dtype=float), "rrmse": float(shipped["rrmse"])}
         if key not in _climatology:
-            x = system.initial_truth(stream(0, "tune", "climatology"), int(trajectories))
-            states = np.empty((int(cycles),) + x.shape)
-            for j in range(len(states)):
-                x = system.step(x)
-                states[j] = x
-            mean = states.mean(axis=(0, 1))
-            if system.periodic:
-                mean = np.full_like(mean, mean.mean())
-            with np.errstate(all="ignore"):
-                level = float(np.linalg.norm(states - mean, axis=-1).sum() / np.linalg.norm(states, axis=-1).sum())
-            # No finite level (no bounded attractor): then nothing is ever flagged as lost track.
-            _climatology[key] = {"mean": mean, "rrmse": level if np.isfinite(level) else float("inf")}
+            _climatology[key] = _free_run_climatology(system, int(trajectories), int(cycles))
         return _climatology[key]
+
+
+def _free_run_climatology(system: System, trajectories: int, cycles: int) -> dict:
+    x = system.initial_truth(stream(0, "tune", "climatology"), trajectories)
+    states = np.empty((cycles,) + x.shape)
+    for j in range(len(states)):
+        x = system.step(x)
+        states[j] = x
+    mean = states.mean(axis=(0, 1))
+    if system.periodic:
+        mean = np.full_like(mean, mean.mean())
+    with np.errstate(all="ignore"):
+        level = float(np.linalg.norm(states - mean, axis=-1).sum() / np.linalg.norm(states, axis=-1).sum())
+    # No finite level (no bounded attractor): then nothing is ever flagged as lost track.
+    return {"mean": mean, "rrmse": level if np.isfinite(level) else float("inf")}
+
+
+def _climatology_table() -> dict:
+    try:
+        return json.loads(CLIMATOLOGY_TABLE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_climatology_table(systems=("l63", "l96", "ks")) -> dict:
+    """Recompute the default-recipe climatologies and write systems/climatology.json (run after a system changes:
+    `python -c "from daviz.experiment import write_climatology_table; write_climatology_table()"`)."""
+    table = {}
+    for name in systems:
+        c = _free_run_climatology(get_system(name), 16, 2000)
+        table[name] = {"rrmse": c["rrmse"], "mean": c["mean"].tolist(), "recipe": "16 truths x 2000 cycles, tune stream"}
+    CLIMATOLOGY_TABLE.write_text(json.dumps(table, indent=1) + "\n")
+    with _climatology_lock:
+        _climatology.clear()
+    return table
 
 
 def available_memory() -> float:

@@ -55,21 +55,29 @@ def image_rows(page) -> list[int]:
       return targets.map(src => src.data.image[0].shape[0]); }""")
 
 
+def truth_image(page) -> str:
+    """The truth Hovmöller's pixels (PNG bytes of its canvas, as drawn)."""
+    return page.locator("canvas").nth(TRUTH_CANVAS).screenshot()
+
+
+TRUTH_CANVAS = 4  # Bokeh draws each plot on two canvases; the two colour-bar strips come first
+
+
 def test_play_pause_step_switch_system(server, browser, tmp_path):
     errors: list[str] = []
     page = open_page(browser, server["url"] + "?speed=40", errors, min_canvases=10)
+    wait_until(lambda: frame_seq(page) >= 1, 60, "the first frame")
     assert cycle_of(page) == 0
-    canvas = page.locator("canvas").first
-    before = canvas.screenshot()
+    before = truth_image(page)
 
     page.get_by_role("button", name="Play").click()
     wait_until(lambda: cycle_of(page) >= 10, 60, "the cycle counter to reach 10")
     assert "cycles/s" in status_of(page)
-    wait_until(lambda: canvas.screenshot() != before, 30, "the truth Hovmöller image to change")
+    wait_until(lambda: truth_image(page) != before, 30, "the truth Hovmöller image to change")
     c1, f1 = cycle_of(page), frame_seq(page)
-    frame = canvas.screenshot()
+    frame = truth_image(page)
     wait_until(lambda: cycle_of(page) >= c1 + 10, 30, "ten more cycles")
-    wait_until(lambda: canvas.screenshot() != frame, 30, "the image to scroll on")
+    wait_until(lambda: truth_image(page) != frame, 30, "the image to scroll on")
     assert frame_seq(page) > f1, "the browser acknowledges the frames it draws"
     page.screenshot(path=str(tmp_path / "l96.png"), full_page=True)
 
@@ -190,7 +198,8 @@ def test_diagnostics_lecture_mode_and_download(server, browser, tmp_path):
     assert data["cycle"][-1] >= shown - 1 and data["truth"].shape[1] == 40
     assert {"EnKF__mean", "LETKF__spread"} <= set(data.files) and "code_version" in str(data["settings"])
     page.get_by_role("button", name="Lecture mode").click()
-    wait_until(lambda: page.locator("canvas").count() < n_canvas + 3, 30, "the lecture layout")
+    # Lecture mode: truth and observations, then mean and |error| per filter (no spread column).
+    wait_until(lambda: len(image_rows(page)) == 2 + 2 * 2, 30, "the lecture layout")
     page.context.close()
 
 

@@ -199,3 +199,15 @@ def test_cli_rejects_bad_input(capsys):
     assert cli.main(["evaluate", "--system", "l96", "--N", "5", "--trajectories", "1", "--cycles", "2",
                      "--filters", "esrf", "--inflation", "0.5", "--quiet"]) == 2
     assert "inflation" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["l63", "l96", "ks"])
+def test_shipped_climatology_table_matches_a_fresh_free_run(name):
+    """systems/climatology.json spares the app seconds per system at start-up; it must stay what the recipe gives."""
+    from daviz.experiment import _free_run_climatology
+    from daviz.systems import get_system
+
+    shipped = climatology(name)
+    fresh = _free_run_climatology(get_system(name), 16, 2000)
+    assert shipped["rrmse"] == pytest.approx(fresh["rrmse"], rel=1e-9)
+    np.testing.assert_allclose(shipped["mean"], fresh["mean"], rtol=1e-9, atol=1e-12)

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 from bokeh.layouts import column, gridplot
+from bokeh.layouts import row as bokeh_row
 from bokeh.models import (ColorBar, ColumnDataSource, CustomJS, Div, Legend, LinearColorMapper, Range1d)
 from bokeh.palettes import Inferno256, Viridis256
 from bokeh.plotting import figure
@@ -38,8 +39,9 @@ class Style:
         self.scale = 1.35 if lecture else 1.0
 
     def apply(self, p, x_label: str | None = None, y_label: str | None = None) -> None:
-        p.title.text_font_size = self.title
-        p.title.text_font_style = "bold"
+        if p.title is not None:
+            p.title.text_font_size = self.title
+            p.title.text_font_style = "bold"
         p.axis.major_label_text_font_size = self.font
         p.axis.axis_label_text_font_size = self.font
         p.axis.axis_label_text_font_style = "normal"
@@ -119,8 +121,14 @@ class ExplorerPlots:
         st.apply(p, y_label="site" if first_column else None)
         p.yaxis.ticker = [0, d // 4, d // 2, 3 * d // 4, d - 1]
         p.xaxis.ticker.desired_num_ticks = 4  # narrow panels: few, readable cycle labels
-        p.yaxis.major_label_text_font_size = st.font if first_column else "0px"  # sites: read off column 1
+        # Sites are read off column 1 and cycles off the bottom row (set in _hovmoller_grid): every axis
+        # label costs the browser CSS look-ups on each frame (measured: most of its paint time).
+        p.yaxis.visible = first_column
+        p.xaxis.visible = False
         p.min_border_left = 50 if first_column else 6
+        p.min_border_bottom = 4
+        if title is None:  # no title: the same space above the frame as the titled panels of the row
+            p.min_border_top = int(st.title.rstrip("px")) + 10
         p.background_fill_color = "#eeeeee"
         p.grid.visible = False
         if bar is not None:
@@ -134,15 +142,23 @@ class ExplorerPlots:
                         title_text_font_style="normal", major_label_text_font_size=st.font, padding=4,
                         title_standoff=4)
 
-    def _colorbar_figure(self, mapper, title: str, height: int):
-        """A panel holding only a colour bar (where a grid cell would otherwise stay empty)."""
-        p = figure(frame_height=height, sizing_mode="stretch_width", tools="", toolbar_location=None, min_width=80,
-                   outline_line_color=None, title=" ", x_range=Range1d(0, 1), y_range=Range1d(0, 1))
-        p.axis.visible = False
-        p.grid.visible = False
-        p.title.text_font_size = self.style.title
-        p.add_layout(self._colorbar(mapper, title), "left")
-        return p
+    def _colorbar_strip(self, bars):
+        """Horizontal colour bars [(mapper, title), …] in a strip above the grid: bars inside the grid
+        would take width from some columns, and Bokeh aligns frames column by column."""
+        st = self.style
+        figs = []
+        for mapper, title in bars:
+            p = figure(height=int(58 * st.scale), sizing_mode="stretch_width", tools="", toolbar_location=None,
+                       min_width=120, outline_line_color=None, x_range=Range1d(0, 1), y_range=Range1d(0, 1))
+            p.axis.visible = False
+            p.grid.visible = False
+            p.min_border_left, p.min_border_right, p.min_border_top, p.min_border_bottom = 50, 20, 0, 0
+            p.add_layout(ColorBar(color_mapper=mapper, orientation="horizontal", height=10, title=title,
+                                  title_text_font_size=st.font, title_text_font_style="normal",
+                                  major_label_text_font_size=st.font, padding=2, title_standoff=3,
+                                  location=(0, 0)), "above")
+            figs.append(p)
+        return bokeh_row(figs, sizing_mode="stretch_width")
 
     def _hovmoller_grid(self):
         state, d = self.state, self.dim
@@ -154,26 +170,34 @@ class ExplorerPlots:
         h = int((80 if self.system == "l96" else 128) * self.style.scale)  # KS: one pixel per site
         every = max(1, d // self.sys.obs_dim)
         rec = lambda: state.recorder  # noqa: E731  (the recorder is replaced on restart)
-        error_bar = "|error|, spread" if not self.lecture else "|error|"
-        # Colour bars sit in the last column only, so every column's panels have equal frames.
+        # Colour bars sit in the last column only, so every column's panels have equal frames. Titles and
+        # axes are few (column headers once, the filter's name on its row): the browser pays CSS look-ups
+        # for every text on every frame (measured: most of its paint time with 17 titled panels).
         rows = [[self._image("Truth", lambda k: rec().truth.last(k), field_map, lo, hi, y_range, h, True),
                  self._image(f"Observations (every {every}th site)", lambda k: rec().obs.last(k), field_map,
-                             lo, hi, y_range, h, False, bar="state" if self.lecture else None)]]
+                             lo, hi, y_range, h, False)]]
         if not self.lecture:
-            rows[0].append(self._colorbar_figure(field_map, "state", h))
+            rows[0].append(None)
+        headers = ["ensemble mean", "|mean − truth|"] + ([] if self.lecture else ["spread (std)"])
+        rows.append([Div(text=f"<b>{text}</b>", styles={"font-size": self.style.title, "margin-left": "50px"
+                                                         if i == 0 else "6px"}, sizing_mode="stretch_width")
+                     for i, text in enumerate(headers)])
         for label in self.labels:
             r = lambda label=label: rec().runs[label]  # noqa: E731
-            row = [self._image(f"{label}: mean", lambda k, r=r: r().mean.last(k), field_map, lo, hi, y_range, h,
-                               True),
-                   self._image(f"{label}: |mean − truth|", lambda k, r=r: r().error.last(k), err_map, elo, ehi,
-                               y_range, h, False, bar=error_bar if self.lecture else None)]
+            row = [self._image(label, lambda k, r=r: r().mean.last(k), field_map, lo, hi, y_range, h, True),
+                   self._image(None, lambda k, r=r: r().error.last(k), err_map, elo, ehi, y_range, h, False)]
+            row[0].title.text_color = RUNS[label].color
             if not self.lecture:
-                row.append(self._image(f"{label}: spread (std)", lambda k, r=r: r().spread.last(k), err_map,
-                                       elo, ehi, y_range, h, False, bar=error_bar))
+                row.append(self._image(None, lambda k, r=r: r().spread.last(k), err_map,
+                                       elo, ehi, y_range, h, False))
             rows.append(row)
         for p in rows[-1]:
+            p.xaxis.visible = True
             p.xaxis.axis_label = "cycle"
-        return gridplot(rows, toolbar_location=None, sizing_mode="stretch_width")
+        bars = self._colorbar_strip([(field_map, "state (truth, observations, mean)"),
+                                     (err_map, "|mean − truth|" + ("" if self.lecture else " and spread"))])
+        return column([bars, gridplot(rows, toolbar_location=None, sizing_mode="stretch_width")],
+                      sizing_mode="stretch_width")
 
     # ------------------------------------------------------------------ time series (paper Fig. 3)
     def _series_figure(self, title_fn, component_fn, y_limits, height, legend=False):
