@@ -208,11 +208,6 @@ class TwinExperiment:
         """(B, d) current truth."""
         return self._tile(self._truth)
 
-    @property
-    def ensembles(self) -> dict:
-        """Current analysis state per filter: (B, N, d) ensembles ((mean, cov) for the Kalman filter)."""
-        return self.states
-
     def mean(self, name: str) -> np.ndarray:
         return self.filters[name].mean(self.states[name])
 

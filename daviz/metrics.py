@@ -33,7 +33,3 @@ def relative_improvement(benchmark: float, ours: float) -> float:
     """Eq. (5.4): (Ē_benchmark − Ē_ours) / Ē_benchmark; negative when ours is worse."""
     return (benchmark - ours) / benchmark
 
-
-def ensemble_spread(E: np.ndarray) -> np.ndarray:
-    """Ensemble standard deviation per component: (B, N, d) -> (B, d)."""
-    return E.std(axis=1, ddof=1)
