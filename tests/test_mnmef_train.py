@@ -339,9 +339,12 @@ def test_ddp_two_processes_gloo(tmp_path):
     ckpt.build_model(ckpt.load(out, system="l96"), out)
 
 
-def test_wsd_time_budget_branches(tmp_path):
+def test_wsd_time_budget_branches(tmp_path, monkeypatch):
     """budget_seconds: the trunk stops at about 80 % of the time left after set-up, then decays a branch
-    sized from the measured step rate; a finished budget leaves both files (trunk resumable)."""
+    sized from the measured step rate; a finished budget leaves both files (trunk resumable).
+    The trainer's clock is a fake that advances 0.05 s per reading, so the test does not depend on speed."""
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(train_mod.time, "time", lambda: 0.05 * next(ticks))
     cfg = TrainConfig(epochs=1000, schedule="wsd", warmup_steps=2, **TINY)
     m = train(cfg, tmp_path / "b.pt", progress=False, budget_seconds=6.0)
     assert m["progress"]["kind"] == "decayed branch", m["progress"]
