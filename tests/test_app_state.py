@@ -408,3 +408,24 @@ def test_cleanup_stops_everything():
     assert e.state.closed and e.state.experiment is None and e.state.recorder is None and e.plots is None
     e._loop()  # a look after the session ended does nothing
     assert e._work is None
+
+
+def test_url_values_apply_one_by_one_and_bad_ones_are_named(monkeypatch):
+    pn = pytest.importorskip("panel")
+    from panel.io.location import Location
+
+    from daviz.app.url import sync_url
+
+    query = "?system=ks&N=3&sigma_y=0&filters=EnKF,LETKF&seed=%5Bx%5D(https://evil.example)&speed=30"
+    monkeypatch.setattr(pn.state, "_location", Location(search=query))
+    e = _explorer(autostart=False)
+    sync_url(e)
+    st = e.state
+    assert (st.system, st.filters, st.speed) == ("ks", ["EnKF", "LETKF"], 30)  # the good ones apply
+    assert (st.N, st.sigma_y, st.seed) == (20, 1.0, 0)  # the bad ones are refused
+    for shown in ("N=3", "sigma_y=0", "seed=[x](https://evil.example)"):
+        assert shown in e.url_problem
+    assert "&lt;" not in e.url_problem and "[x](https://evil.example)" in e.message.object  # as typed, inert
+    assert st.experiment is not None and st.experiment.system.name == "ks"
+    st.speed = 12  # the next change by the user clears the note
+    assert e.url_problem == "" and not e.message.visible

@@ -18,7 +18,6 @@ import io
 import logging
 import subprocess
 import threading
-import urllib.parse
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -33,17 +32,16 @@ from .. import __version__
 from ..experiment import climatology
 from . import mnmef_weights
 from .plots import ExplorerPlots
-from .presets import NO_PRESET, explanation
+from .presets import explanation
 from .runs import RUNS
-from .state import N_BOUNDS, SEED_BOUNDS, SIGMA_BOUNDS, SYSTEMS, ExplorerState
+from .state import SIGMA_BOUNDS, SYSTEMS, ExplorerState
+from .url import sync_url
 
 log = logging.getLogger(__name__)
 
 LOOP_MS = 50  # how often the session loop looks for work; each look takes well under a millisecond
 # Engine work of all sessions; numpy releases the GIL in its kernels, so two threads use two cores.
 ENGINE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="daviz-engine")
-URL_PARAMS = ("system", "N", "sigma_y", "seed", "speed", "preset", "filters", "localization", "radius",
-              "inflation_mode", "inflation")
 
 CSS = """
 .daviz-status {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; line-height: 1.6;}
@@ -457,72 +455,6 @@ def _flex_pane(bokeh_layout, grow: int, basis: int):
     """A Bokeh layout as a flex item: panes share a row in proportion `grow` and wrap below `basis` px."""
     css = f":host {{flex: {grow} 1 {basis}px !important; width: auto !important;}}"
     return pn.pane.Bokeh(bokeh_layout, sizing_mode="stretch_width", min_width=basis, stylesheets=[css])
-
-
-def _convert_url_value(name: str, raw: str):
-    """A URL value as the parameter's type (comma lists for filters, titles or keys for system)."""
-    if name == "filters":
-        return [f.strip() for f in raw.strip("[]").replace('"', "").split(",") if f.strip()]
-    if name == "system":
-        return SYSTEMS.get(raw, raw)
-    ptype = type(ExplorerState.param[name])
-    if ptype is param.Integer:
-        return int(raw)
-    if ptype is param.Number:
-        value = float(raw)
-        if not np.isfinite(value):
-            raise ValueError("not a finite number")
-        return value
-    return raw
-
-
-def sync_url(explorer: Explorer) -> None:
-    """Read the settings from the page's URL and keep the URL equal to the settings (Panel's own sync).
-
-    Panel applies all URL values in one batch and gives up on the batch if any is invalid; then each
-    value is tried alone, so the good ones still apply and each bad one is named in the message.
-    """
-    location = pn.state.location
-    if location is None:
-        return
-    state = explorer.state
-    refused: list[str] = []
-
-    # Panel drops values it cannot parse (with a log line only): find them in the raw query string.
-    raw_query = urllib.parse.parse_qsl(location.search.lstrip("?"), keep_blank_values=False)
-    parsed = location.query_params
-    refused.extend(f"{k}={v}" for k, v in raw_query if k in URL_PARAMS and k not in parsed)
-
-    def apply_one_by_one(values: dict):
-        for name, raw in values.items():
-            try:
-                value = _convert_url_value(name, str(raw)) if isinstance(raw, str) else raw
-                state.param[name]._validate(value)
-                with state._quietly():
-                    setattr(state, name, value)
-            except Exception:
-                refused.append(f"{name}={raw}")
-
-    with state._quietly():
-        location.sync(state, list(URL_PARAMS), on_error=apply_one_by_one)
-    if state.preset != NO_PRESET:
-        state.apply_preset(state.preset)
-    else:
-        state._fit_component()
-        state._apply_tuned_defaults()
-        state.restart()
-    if refused:
-        explorer.url_problem = ("ignored URL settings (shown as typed): " + ", ".join(refused)
-                                + f". Accepted: N {N_BOUNDS[0]}–{N_BOUNDS[1]}, σ_y {SIGMA_BOUNDS[0]}–{SIGMA_BOUNDS[1]}, "
-                                f"seed {SEED_BOUNDS[0]}–2³²−1, filters from {', '.join(RUNS)}.")
-        explorer._on_message()
-
-        def clear(*events):
-            explorer.url_problem = ""
-            explorer._on_message()
-            state.param.unwatch(watcher)
-
-        watcher = state.param.watch(clear, list(URL_PARAMS))
 
 
 def create_app(**params):
