@@ -236,6 +236,13 @@ def test_train_rejects_bad_input_before_work(tmp_path, capsys, no_training, flag
     assert not (tmp_path / "t.pt").exists() and not (tmp_path / "t.json").exists()
 
 
+def test_step_that_cannot_fit_in_memory(tmp_path, capsys, no_training, monkeypatch):
+    monkeypatch.setenv("DAVIZ_MAX_MEMORY_GB", "0.001")
+    code, err = run_cli(BASE + ["--out", str(tmp_path / "t.pt")], capsys)
+    assert code == 2 and "needs about" in err and "use a smaller --batch-size or --N" in err, err
+    assert train_mod.step_memory_estimate(TrainConfig(system="l96", N=1000, batch_size=512)) > 100 * 2**30
+
+
 def test_output_that_is_a_directory(tmp_path, capsys, no_training):
     code, err = run_cli(BASE + ["--out", str(tmp_path)], capsys)
     assert code == 2 and "is a directory" in err

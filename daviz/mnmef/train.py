@@ -153,6 +153,29 @@ def check_writable(path) -> None:
         raise ValueError(f"cannot write the output {path}: {exc.strerror or exc}") from None
 
 
+def step_memory_estimate(cfg: TrainConfig, world: int = 1) -> float:
+    """Rough peak bytes of one training step: autograd's saved tensors per trajectory-cycle, measured with
+    saved_tensors_hooks at f_v = width = 64 (0.46 MB + 14 kB x N + 128 B x N^2 on all three systems, within
+    10 %), times the cycles held at once (one gradient window; all of them under DDP), twice for backward's
+    temporaries, plus the training data in float32. Meant to refuse runs that cannot fit."""
+    width = max(ModelConfig(**cfg.model).width, 64) / 64
+    per = (0.46e6 + 14.2e3 * cfg.N + 128.0 * cfg.N**2) * width
+    held = cfg.cycles if world > 1 or not cfg.grad_window else min(cfg.grad_window, cfg.cycles)
+    system = get_system(cfg.system)
+    data = 4 * (cfg.trajectories + cfg.chains) * (cfg.cycles + MAX_OFFSET) * (system.dim + system.obs_dim)
+    return 2 * (cfg.batch_size // world) * held * per + data
+
+
+def check_step_memory(cfg: TrainConfig, device: torch.device, world: int = 1) -> None:
+    from ..experiment import available_memory
+    need = step_memory_estimate(cfg, world)
+    limit = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    if need > limit:
+        raise ValueError(f"a training step at batch {cfg.batch_size} x N={cfg.N} needs about {need / 2**30:.3g} GiB, "
+                         f"more than the {limit / 2**30:.3g} GiB available on {device} (CPU limit: DAVIZ_MAX_MEMORY_GB, "
+                         "else the free memory); use a smaller --batch-size or --N")
+
+
 def branch_path(out) -> Path:
     """Where a wsd run cut short writes its decayed branch (the weights to use)."""
     out = Path(out)
@@ -348,6 +371,7 @@ class _Trainer:
             raise ValueError(f"step mode {self.mode} is single-process only; use eager under torchrun")
         if cfg.batch_size % self.world:
             raise ValueError(f"batch size {cfg.batch_size} must be divisible by the {self.world} processes")
+        check_step_memory(cfg, self.dev, self.world)
         self.sync_every = max(1, sync_every or (50 if self.dev.type == "cuda" else 1))
         self.model, self.extra = init_model(cfg)
         self.model.to(self.dev)
