@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -14,11 +15,21 @@ class Lorenz96(ODESystem):
     forcing: float = 8.0
 
     def rhs(self, x):
+        if isinstance(x, np.ndarray):  # np.roll's bookkeeping cost most of a numpy step; gathers give the same values
+            up, down, down2 = _neighbours(x.shape[-1])
+            return (x[..., up] - x[..., down2]) * x[..., down] - x + self.forcing
         xp = array_namespace(x)
         return (xp.roll(x, -1, axis=-1) - xp.roll(x, 2, axis=-1)) * xp.roll(x, 1, axis=-1) - x + self.forcing
 
     def burn_in_start(self, rng, batch):
         return rng.normal(5.0, 1.0, size=(batch, self.dim))
+
+
+@lru_cache(maxsize=8)
+def _neighbours(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of x_{i+1}, x_{i-1}, x_{i-2} on the ring (the values np.roll(x, -1 / 1 / 2) puts at i)."""
+    i = np.arange(dim)
+    return (i + 1) % dim, (i - 1) % dim, (i - 2) % dim
 
 
 def make_lorenz96(dim: int = 40, obs_every: int = 4) -> Lorenz96:
