@@ -99,6 +99,29 @@ def write_climatology_table(systems=("l63", "l96", "ks")) -> dict:
     return table
 
 
+_initial_truths: dict[tuple, tuple] = {}
+_initial_truths_lock = threading.Lock()
+
+
+def _initial_truth(system: System, rng: np.random.Generator, key: tuple) -> np.ndarray:
+    """system.initial_truth(rng, n), remembered for a few recent (system, seed, purpose, n): the burn-in
+    is seconds of Python-level stepping, and the explorer's Reset replays the same truth. The stream is
+    left exactly where the burn-in leaves it, so a remembered truth continues identically."""
+    key = (id(system), system.name, *key)
+    with _initial_truths_lock:
+        hit = _initial_truths.get(key)
+    if hit is not None:
+        truth, state = hit
+        rng.bit_generator.state = state
+        return truth.copy()
+    truth = system.initial_truth(rng, key[-1])
+    with _initial_truths_lock:
+        if len(_initial_truths) >= 16:
+            _initial_truths.pop(next(iter(_initial_truths)))
+        _initial_truths[key] = (truth.copy(), rng.bit_generator.state)
+    return truth
+
+
 def available_memory() -> float:
     """Bytes this process may plan to use: DAVIZ_MAX_MEMORY_GB if set, else the memory the OS reports
     available (MemAvailable), else physical memory."""
@@ -181,7 +204,7 @@ class TwinExperiment:
         init_rng = stream(seed, purpose, "initial-ensemble")
 
         sys_, n = self.system, self.trajectories
-        self._truth = sys_.initial_truth(self._truth_rng, n)  # (n, d); tiled on access
+        self._truth = _initial_truth(sys_, self._truth_rng, (seed, purpose, n))  # (n, d); tiled on access
         std = sys_.init_ensemble_std
         E0 = self._tile(self._truth[:, None, :] + std * init_rng.standard_normal((n, self.N, sys_.dim)))
         self.cycle = 0

@@ -211,3 +211,20 @@ def test_shipped_climatology_table_matches_a_fresh_free_run(name):
     fresh = _free_run_climatology(get_system(name), 16, 2000)
     assert shipped["rrmse"] == pytest.approx(fresh["rrmse"], rel=1e-9)
     np.testing.assert_allclose(shipped["mean"], fresh["mean"], rtol=1e-9, atol=1e-12)
+
+
+def test_a_remembered_initial_truth_continues_exactly_like_a_fresh_one():
+    from daviz import experiment as ex
+    from daviz.filters import make_filter
+
+    def run():
+        exp = TwinExperiment("l63", 1.0, 5, {"enkf": make_filter("enkf", "l63", 1.0, inflation=1.02)}, seed=123)
+        exp.run(20)
+        return exp.truth.copy(), exp.mean("enkf").copy()
+
+    ex._initial_truths.clear()
+    first = run()  # burn-in computed
+    assert len(ex._initial_truths) == 1
+    second = run()  # burn-in remembered
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
