@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..systems import System
-from .set_transformer import SetTransformer
+from .set_transformer import SetTransformer, softmax_last
 
 
 @dataclass
@@ -108,7 +108,7 @@ class MNMEF(nn.Module):
             return None
         out = self.localization(f_v)
         if self.config.loc_activation == "softmax":
-            return 2 * torch.softmax(out, dim=-1)
+            return 2 * softmax_last(out)
         return 2 * torch.sigmoid(out)
 
     def forward(self, v, y, r, loc_override=None):
