@@ -413,6 +413,16 @@ def run(a) -> int:
         shutil.rmtree(work / sub, ignore_errors=True)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     log(f"daviz GPU run {stamp}: out {out}, work {work}, trunk states {state_dir}, deadline in {deadline - time.time():.0f} s")
+    import threading
+
+    def hung():  # a smoke test stuck in a driver call cannot raise: end the process with the message
+        print(f"SMOKE TEST FAILED: no answer after {limit:.0f} s (device or driver hung?)", file=sys.stderr, flush=True)
+        os._exit(3)
+
+    limit = 240.0 if a.toy else 120.0
+    watchdog = threading.Timer(limit, hung)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         report = smoke(a, work, state_dir)
     except SmokeFailure as exc:
@@ -423,6 +433,8 @@ def run(a) -> int:
         print(f"SMOKE TEST FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr, flush=True)
         return 3
+    finally:
+        watchdog.cancel()
     log(f"smoke test passed in {report['seconds']} s on {report['device']}; warnings: {report['warnings'] or 'none'}")
 
     now = time.time()
