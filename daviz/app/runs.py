@@ -32,6 +32,11 @@ RUNS = {spec.label: spec for spec in (
             help="ensemble score filter: new members drawn by a reverse diffusion from the forecast's score"),
     RunSpec("Latent-EnSF", "latent-ensf", "#332288",
             help="EnSF in the latent space of a coupled VAE that also encodes the sparse observation"),
+    # Variational methods (ColorBrewer brown, Paul Tol's olive: clear of every colour above)
+    RunSpec("4D-Var", "4dvar", "#8C510A",
+            help="strong-constraint incremental 4D-Var, cycling windows (analysis at each window end, forecast between)"),
+    RunSpec("Neural Incremental DA", "nida", "#999933",
+            help="learned coarse-to-fine Gaussian prior + MAP per window (Blanke et al. 2024), cycling like 4D-Var"),
 )}
 RUN_LABELS = tuple(RUNS)
 TRUTH_COLOR = "#000000"
