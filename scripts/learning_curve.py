@@ -51,7 +51,8 @@ def config(arm: str, budget: int, wsd_total: int) -> TrainConfig:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--budgets", default="100,300,1000")
+    ap.add_argument("--budgets", default="100,300,1000", help="all budgets (the wsd trunk is sized for the largest)")
+    ap.add_argument("--only", help="train only these budgets now (comma list); the others wait for a later run")
     ap.add_argument("--arms", default="steps,cosine,wsd")
     ap.add_argument("--trajectories", type=int, default=64)
     ap.add_argument("--cycles", type=int, default=1500)
@@ -89,7 +90,8 @@ def main() -> None:
         steps = meta.get("progress", {}).get("epoch", 0) * meta.get("recipe", {}).get("batches_per_epoch", 0)
         record({"arm": "shipped", "steps": steps, "note": meta.get("recipe_note", ""), **evaluate_file(a.shipped, 10, **ev)})
         done.add(("shipped", 0))
-    for budget in budgets:
+    todo = sorted(int(b) for b in a.only.split(",")) if a.only else budgets
+    for budget in todo:
         for arm in arms:
             if (arm, budget) in done:
                 continue
