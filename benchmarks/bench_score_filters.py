@@ -3,10 +3,15 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_score_filters.py [--systems l96,ks] [--N 10,20,40,100] [--B 16]
         [--repeats 5] [--filters letkf,ensf,latent-ensf]
     python benchmarks/bench_score_filters.py --app [--systems l96,ks] [--N 20]
+    python benchmarks/bench_score_filters.py --sites [--systems l96,ks] [--N 20] [--B 8] [--cycles 500]
 
 --app measures instead the explorer's cycles per second with the filters of the preset "Why score filters
 need a latent space" (LETKF, EnSF, Latent-EnSF), through benchmarks/bench_app.py's update path (engine,
 frame, patch serialisation; one CPU core).
+
+--sites measures EnSF's known weakness instead: the RMSE of each filter's analysis mean at the observed and at
+the unobserved sites, separately (test streams, filters as `daviz evaluate` builds them, the first 100
+cycles left out), next to the climatological standard deviation of one site.
 
 The analysis alone (no forecast), on a forecast ensemble taken from a short twin experiment, B trajectories
 at once, best of `repeats`; filters built as `daviz evaluate` builds them (tuned tables, shipped weights).
@@ -77,6 +82,40 @@ def app_rate(system: str, N: int, cycles: int = 100) -> None:
           flush=True)
 
 
+def site_errors(system_name: str, N: int, B: int, cycles: int, names=("letkf", "ensf", "latent-ensf")) -> None:
+    """RMSE at observed and unobserved sites per filter (one twin experiment: the same truths for all)."""
+    system = get_system(system_name)
+    filters = {name: build_filter(name, system, 1.0, N)[0] for name in names}
+    exp = TwinExperiment(system, 1.0, N, filters, trajectories=B, seed=0)
+    observed = np.zeros(system.dim, bool)
+    observed[system.obs_idx] = True
+    sq = {name: np.zeros(system.dim) for name in filters}
+    skip = 100
+    for c in range(cycles):
+        exp.step()
+        if c >= skip:
+            for name in filters:
+                sq[name] += ((exp.mean(name) - exp.truth) ** 2).mean(0)
+    print(f"{system_name} N={N}, {B} trajectories x {cycles} cycles (first {skip} left out); "
+          f"climatological std of a site: {np.sqrt(_site_var(system)):.2f}")
+    for name in filters:
+        e = np.sqrt(sq[name] / (cycles - skip))
+        print(f"  {name:12} RMSE observed sites {e[observed].mean():.2f}   unobserved sites {e[~observed].mean():.2f}"
+              f"   R-RMSE {np.nanmean(exp.running_rrmse()[name]):.3f}", flush=True)
+
+
+def _site_var(system) -> float:
+    """Variance of one site over 8 free runs x 500 cycles ("tune" stream "climatology", seed 0)."""
+    from daviz.seeding import stream
+
+    x = system.initial_truth(stream(0, "tune", "climatology"), 8)
+    states = []
+    for _ in range(500):
+        x = system.step(x)
+        states.append(x)
+    return float(np.var(np.array(states)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--systems", default="l96,ks")
@@ -85,8 +124,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--filters", default="letkf,ensf,latent-ensf")
     ap.add_argument("--app", action="store_true", help="explorer cycles/s with the preset's filters instead")
+    ap.add_argument("--sites", action="store_true", help="RMSE at observed / unobserved sites instead")
+    ap.add_argument("--cycles", type=int, default=500, help="--sites: cycles per trajectory")
     args = ap.parse_args()
     Ns = [int(n) for n in args.N.split(",")]
+    if args.sites:
+        for system in args.systems.split(","):
+            for n in Ns:
+                site_errors(system, n, args.B, args.cycles, args.filters.split(","))
+        return
     if args.app:
         for system in args.systems.split(","):
             for n in Ns:
