@@ -15,7 +15,6 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from daviz.systems import get_system  # noqa: E402

@@ -24,7 +24,7 @@ import torch
 from ..systems import get_system
 from . import nida_io
 from .background import climatological_covariance, shrink
-from .filter import FourDVar, NIDAFilter, NIDAHybrid
+from .filter import FourDVar, NIDAFilter
 from .fourdvar import window_states
 from .nida_train import WindowSampler, own_pattern, seen_pattern, unseen_patterns
 from .tuned import fourdvar_params
