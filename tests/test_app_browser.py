@@ -246,3 +246,23 @@ def test_server_stops_promptly_on_sigterm_while_sessions_play(browser):
         assert time.monotonic() - start < 15
         for page in pages:
             page.context.close()
+
+
+@pytest.mark.parametrize("preset, runs", [
+    ("Why score filters need a latent space", ("LETKF", "EnSF", "Latent-EnSF")),
+    ("Filters vs smoothers", ("LETKF", "4D-Var", "Neural Incremental DA")),
+])
+def test_presets_of_the_score_and_variational_methods_play(server, browser, preset, runs):
+    errors: list[str] = []
+    page = open_page(browser, server["url"] + "?speed=20", errors, min_canvases=4)
+    select = page.locator("select", has=page.locator("option", has_text=preset))
+    select.select_option(label=preset)
+    wait_until(lambda: all(r in status_of(page) for r in runs) and "MNMEF" not in status_of(page), 60,
+               f"the preset {preset!r} to apply")
+    page.get_by_role("button", name="Play").click()
+    wait_until(lambda: cycle_of(page) >= 12, 120, "the preset's filters to run")
+    text = status_of(page)
+    assert "diverged" not in text, text
+    assert len(image_rows(page)) == 2 + 3 * len(runs)
+    assert not errors, errors
+    page.context.close()

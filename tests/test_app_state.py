@@ -429,3 +429,13 @@ def test_url_values_apply_one_by_one_and_bad_ones_are_named(monkeypatch):
     assert st.experiment is not None and st.experiment.system.name == "ks"
     st.speed = 12  # the next change by the user clears the note
     assert e.url_problem == "" and not e.message.visible
+
+
+def test_variational_runs_shade_their_window_on_the_site_plot():
+    e = _explorer(filters=["LETKF", "4D-Var"], N=10)
+    e.state.advance(7)
+    e.plots.push_frame()
+    (label, box), = e.plots.window_boxes
+    done, length = e.state.recorder.runs["4D-Var"].window
+    assert label == "4D-Var" and box.visible and 0 <= done < length
+    assert box.right - box.left == length and box.left == e.state.cycle - done + 0.5

@@ -73,16 +73,16 @@ class Explorer(pn.viewable.Viewer):
     def __init__(self, autostart: bool = True, **params):
         state_params = {k: params.pop(k) for k in list(params) if k in ExplorerState.param}
         super().__init__(**params)
-        self.state = ExplorerState(autostart=autostart, runner=self._run_later, **state_params)
         self.plots: ExplorerPlots | None = None
         self._work: Future | None = None
         self._jobs: deque = deque()  # restarts and filter swaps, run in order before any more cycles
         self._steps_owed = 0
         self._dirty: set[str] = set()  # what the loop must redo on the event loop: layout, series, localization
         self._woken = False
-        self.url_problem = ""  # URL values refused at load; shown until the user changes a setting
-        self._callback = None
         self._doc = None
+        self.url_problem = ""  # URL values refused at load; shown until the user changes a setting
+        self.state = ExplorerState(autostart=autostart, runner=self._run_later, **state_params)
+        self._callback = None
         self._was_connected = False
         self.frames = 0
         self._build_widgets()
@@ -193,8 +193,7 @@ class Explorer(pn.viewable.Viewer):
     def _run_later(self, fn) -> None:
         """The state's runner: restarts and filter swaps run in the engine thread, in order."""
         self._jobs.append(fn)
-        self._update_status()
-        self._wake()
+        self._mark("status")  # "restarting…"
 
     def _on_message(self, *events):
         st = self.state
@@ -337,6 +336,7 @@ class Explorer(pn.viewable.Viewer):
         self._dirty -= what
         if "layout" in what:
             self._sync_layout()
+        if what & {"layout", "status"}:
             self._update_status()
         if self.plots is None or self.state.recorder is None:
             return
@@ -398,8 +398,8 @@ class Explorer(pn.viewable.Viewer):
     def sidebar(self):
         buttons = pn.Row(self.b_play, self.b_pause, self.b_step, self.b_reset, margin=(5, 0))
         filter_help = pn.pane.HTML(
-            "<small>" + "<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(v.help)}" for k, v in RUNS.items()
-                                   if k in ("MNMEF", "LETKF (no localization)", "LETKF (no inflation)")) + "</small>",
+            "<small>" + "<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(v.help)}" for k, v in RUNS.items())
+            + "</small>",
             margin=(0, 10))
         return [
             buttons, self.w_speed, self.w_preset, pn.Row(self.w_lecture, self.w_diag, sizing_mode="stretch_width"),

@@ -14,7 +14,8 @@ import time
 import numpy as np
 from bokeh.layouts import column, gridplot
 from bokeh.layouts import row as bokeh_row
-from bokeh.models import (ColorBar, ColumnDataSource, CustomJS, Div, Legend, LinearColorMapper, Range1d)
+from bokeh.models import (BoxAnnotation, ColorBar, ColumnDataSource, CustomJS, Div, Legend, LinearColorMapper,
+                          Range1d)
 from bokeh.palettes import Inferno256, Viridis256
 from bokeh.plotting import figure
 
@@ -26,6 +27,7 @@ from .runs import OBS_COLOR, RUNS, TRUTH_COLOR
 FIELD_LIMITS = {"l63": (-20.0, 45.0), "l96": (-7.0, 12.0), "ks": (-3.0, 3.0)}
 ERROR_LIMITS = {"l63": (0.0, 6.0), "l96": (0.0, 3.0), "ks": (0.0, 1.5)}
 L63_LIMITS = ((-22.0, 22.0), (-28.0, 28.0), (0.0, 52.0))
+WINDOW_METHODS = ("4dvar", "nida", "nida-4dvar")  # runs that assimilate whole windows (window shaded)
 ACK_TIMEOUT = 5.0  # seconds without an acknowledgement before the next frame goes anyway
 
 
@@ -88,6 +90,7 @@ class ExplorerPlots:
         self.x_range = Range1d(-self.W + 0.5, 0.5)
         self.images: list[tuple[ColumnDataSource, callable, float, float]] = []  # (source, getter, lo, hi)
         self.series: list[tuple[ColumnDataSource, callable, object, callable]] = []  # (source, columns, fig, title)
+        self.window_boxes: list[tuple[str, BoxAnnotation]] = []  # (run, box) on the site-over-time plots
         if self.has_space:
             self.main = self._hovmoller_grid()
         else:
@@ -211,6 +214,12 @@ class ExplorerPlots:
             band = p.varea(x="t", y1=f"lo{i}", y2=f"hi{i}", source=src, fill_color=c, fill_alpha=0.18)
             line = p.line(x="t", y=f"m{i}", source=src, line_color=c, line_width=self.style.line)
             items.append((label, [band, line]))
+        for label in self.labels:  # variational methods: shade the window being collected
+            if RUNS[label].base in WINDOW_METHODS:
+                box = BoxAnnotation(left=0, right=0, fill_color=self.colors[label], fill_alpha=0.12,
+                                    line_color=self.colors[label], line_alpha=0.5, visible=False)
+                p.add_layout(box)
+                self.window_boxes.append((label, box))
         truth = p.line(x="t", y="truth", source=src, line_color=TRUTH_COLOR, line_width=self.style.line)
         obs = p.scatter(x="t", y="obs", source=src, marker="x", size=7 * self.style.scale, line_color=OBS_COLOR,
                         line_width=1.5)
@@ -442,8 +451,16 @@ class ExplorerPlots:
                 p.title.text = title_fn()
 
     def _update_small_plots(self, rec) -> None:
-        """R-RMSE axis, learned localization, diagnostics: small, recomputed from the window."""
+        """R-RMSE axis, learned localization, diagnostics, windows: small, recomputed from the window."""
         state = self.state
+        for label, box in self.window_boxes:
+            phase = rec.runs[label].window
+            if phase is None:
+                continue
+            done, length = phase
+            # The window ends at the next solve: from the last analysis (cycle - done) to L cycles later.
+            start = rec.last_cycle - done
+            box.update(left=start + 0.5, right=start + length + 0.5, visible=True)
         finite = [rec.runs[label].rrmse.ordered() for label in self.labels
                   if not state.run_status(label)]  # off-track runs do not set the scale
         top = max((float(np.nanmax(v)) for v in finite if np.isfinite(v).any()), default=1.0)

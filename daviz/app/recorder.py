@@ -47,6 +47,7 @@ class CycleSample:
     rank: np.ndarray | None = None  # (d,) rank of the truth among the members (0..N), None if unknown
     localization: np.ndarray | None = None  # MNMEF's g_θ over the unique distances
     status: str = ""  # '' while tracking, 'diverged' or 'lost track' (see ExplorerState.run_status)
+    window: tuple[int, int] | None = None  # variational methods: (observations so far in the window, L)
 
 
 class RunRecord:
@@ -63,6 +64,7 @@ class RunRecord:
         self.error_norm = Ring((), window)  # ||mean - truth||, for the R-RMSE of the window
         self.loc_history: deque = deque(maxlen=loc_history)
         self.status = ""  # as of the newest cycle
+        self.window: tuple[int, int] | None = None  # (observations so far, L) for the variational methods
 
 
 class Recorder:
@@ -107,6 +109,7 @@ class Recorder:
                 r.spread_rms.push(np.sqrt(np.mean(s.spread ** 2)))
                 r.error_norm.push(np.linalg.norm(err))
                 r.status = s.status
+                r.window = s.window
                 if s.localization is not None:
                     r.loc_history.append(np.asarray(s.localization, dtype=float))
             self.last_cycle = int(cycle)

@@ -458,10 +458,12 @@ class ExplorerState(param.Parameterized):
             loc = getattr(exp.filters[s.label], "last_localization", None)
             if loc is not None:
                 loc = np.asarray(loc, dtype=float).reshape(-1, np.shape(loc)[-1])[0]
+            phase = getattr(exp.filters[s.label], "window_phase", None)  # 4D-Var, NIDA: assimilation windows
             samples[s.label] = CycleSample(np.asarray(exp.mean(s.label)[0], dtype=float),
                                            np.asarray(exp.spread(s.label)[0], dtype=float),
                                            float(rr[s.label][0]), rank, loc,
-                                           status="lost track" if exp.lost_track(s.label)[0] else "")
+                                           status="lost track" if exp.lost_track(s.label)[0] else "",
+                                           window=None if phase is None else tuple(int(v) for v in phase(state)))
         self.recorder.append(exp.cycle, truth, None if exp.observation is None else exp.observation[0], samples)
 
     # ------------------------------------------------------------------ read-outs for the view
