@@ -69,7 +69,8 @@ def tables(rows: dict) -> tuple[str, dict]:
     out, data = [], {}
     for system, sigma in sorted({(k[0], k[1]) for k in rows}):
         sub = {(k[2], k[3]): r for k, r in rows.items() if k[:2] == (system, sigma)}
-        filters = [f for f in BASELINES + MNMEF + ("kalman",) if any(k[0] == f for k in sub)]
+        known = BASELINES + MNMEF + ("kalman",)
+        filters = [f for f in known if any(k[0] == f for k in sub)] + sorted({k[0] for k in sub} - set(known))
         Ns = sorted({k[1] for k in sub})
         out.append(f"### {system.upper()}, sigma_y = {sigma}\n")
         out.append("| N | " + " | ".join(LABEL.get(f, f) for f in filters) + " |")
@@ -186,10 +187,11 @@ def figures(rows: dict, out: Path) -> list[Path]:
     for system, sigma in sorted({(k[0], k[1]) for k in rows}):
         sub = {(k[2], k[3]): r for k, r in rows.items() if k[:2] == (system, sigma)}
         series = {}
-        for f in BASELINES + MNMEF:
+        others = sorted({g for g, _ in sub} - set(BASELINES + MNMEF))
+        for f in BASELINES + MNMEF + tuple(others):
             p = [(N, r["rrmse_mean"]) for (g, N), r in sorted(sub.items()) if g == f]
             if p:
-                series[LABEL[f]] = {"points": p, "color": COLORS[f], "bold": f in MNMEF}
+                series[LABEL.get(f, f)] = {"points": p, "color": COLORS.get(f, (110, 110, 110)), "bold": f in MNMEF}
         path = out / f"rrmse_{system}_s{sigma}.png"
         _plot(path, f"{system.upper()}, sigma_y = {sigma}: R-RMSE vs ensemble size", "N", "R-RMSE", series)
         made.append(path)
