@@ -9,8 +9,11 @@ that `evaluate` uses), so the final score of the chosen point is not inflated by
 Within a round all points run in one batch: the twin experiment repeats the same truth, observations
 and initial ensemble once per point (`replicas`), and each copy gets its own inflation and radius.
 Points are ranked by (diverged trajectories, lost trajectories, mean R-RMSE): a point on which any
-trajectory diverges or loses track (see `lost_track_level`) ranks behind every point on which none
-does, whatever its mean, so one bad trajectory is penalised rather than averaged away.
+trajectory diverges or loses track ranks behind every point on which none does, whatever its mean, so
+one bad trajectory is penalised rather than averaged away. A trajectory loses track when its R-RMSE over
+some window of LOST_TRACK_WINDOW = 100 consecutive cycles, or over the whole run, is above the
+climatological level (`lost_track_level`): the same flag as `evaluate`'s "lost" column, so that rare,
+temporary losses of track count and not only runs that are lost on average.
 
 Tables live in daviz/tuned/<system>_<filter>.json: {sigma_y: {N: {inflation, radius, rrmse, ...}}},
 each entry with the budget that produced it. (N, sigma_y) where every candidate diverged are listed in
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .experiment import TwinExperiment, climatology  # climatological mean and R-RMSE level
+from .experiment import LOST_TRACK_WINDOW, TwinExperiment, climatology
 from .filters import FILTER_CLASSES, make_filter
 from .systems import get_system
 
@@ -94,19 +97,24 @@ def lost_track_level(system_name: str) -> float:
     x 2000 cycles on the attractor; L63 0.50, L96 0.84, KS 1.00). A trajectory whose R-RMSE over the whole
     tuning run is above R_clim was, on average, further from the truth than the constant climatological
     mean: the observations did not help at all, i.e. the filter lost track of the truth for a good part
-    of the run. (The twin experiment's own lost-track flag looks at 100-cycle windows instead.)
+    of the run. The tuner applies the same test to every window of LOST_TRACK_WINDOW cycles (the twin
+    experiment's lost-track flag), which also catches a trajectory that loses track for a while and recovers.
     """
     return climatology(system_name)["rrmse"]
 
 
-def assess(values: np.ndarray, level: float) -> dict:
-    """Per point, from per-trajectory R-RMSEs (n_points, trajectories) with NaN where diverged:
-    counts of diverged and lost trajectories, the mean R-RMSE of the finite ones, and a rank key."""
+def assess(values: np.ndarray, level: float, lost_windows: np.ndarray | None = None) -> dict:
+    """Per point, from per-trajectory R-RMSEs (n_points, trajectories) with NaN where diverged, and
+    optionally the trajectories that lost track in some window (same shape, bool): counts of diverged and
+    lost trajectories (run R-RMSE above `level`, or a lost window) and the mean R-RMSE of the finite ones."""
     values = np.atleast_2d(np.asarray(values, dtype=float))
     finite = np.isfinite(values)
     diverged = (~finite).sum(axis=1)
     with np.errstate(invalid="ignore"):
-        lost = (finite & (values > level)).sum(axis=1)
+        lost = values > level
+    if lost_windows is not None:
+        lost |= np.atleast_2d(np.asarray(lost_windows, dtype=bool))
+    lost = (finite & lost).sum(axis=1)
     counts = finite.sum(axis=1)
     mean = np.where(counts > 0, np.where(finite, values, 0.0).sum(axis=1) / np.maximum(counts, 1), np.inf)
     return {"diverged": diverged, "lost": lost, "mean": mean}
@@ -117,7 +125,7 @@ def ranking(assessed: dict) -> np.ndarray:
     return np.lexsort((assessed["mean"], assessed["lost"], assessed["diverged"]))
 
 
-def _values_chunk(args) -> np.ndarray:
+def _values_chunk(args) -> tuple[np.ndarray, np.ndarray]:
     system_name, filter_name, N, sigma_y, points, trajectories, cycles, seed = args
     n = len(points)
     inflation = np.repeat([p[0] for p in points], trajectories)
@@ -129,12 +137,14 @@ def _values_chunk(args) -> np.ndarray:
     f = make_filter(filter_name, system_name, sigma_y, inflation=inflation, radius=radius, **settings)
     exp = TwinExperiment(system_name, sigma_y, N, {filter_name: f}, trajectories=trajectories,
                          seed=seed, purpose="tune", replicas=n)
-    return exp.run(cycles)[filter_name].reshape(n, trajectories)
+    values = exp.run(cycles)[filter_name].reshape(n, trajectories)
+    return values, exp.lost_track(filter_name, ever=True).reshape(n, trajectories)
 
 
 def evaluate_points(system_name: str, filter_name: str, N: int, sigma_y: float, points, trajectories: int,
-                    cycles: int, seed: int = 0, workers: int | None = 1) -> np.ndarray:
+                    cycles: int, seed: int = 0, workers: int | None = 1, lost_windows: bool = False):
     """Per-trajectory R-RMSE (n_points, trajectories) on tuning trajectories; NaN where diverged.
+    With lost_windows, also (n_points, trajectories) bool: lost track in some window of LOST_TRACK_WINDOW cycles.
 
     Every point sees the same trajectories, observations and initial ensembles (common random numbers).
     """
@@ -148,9 +158,10 @@ def evaluate_points(system_name: str, filter_name: str, N: int, sigma_y: float, 
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_values_chunk, jobs))
     values = np.empty((len(points), trajectories))
-    for i, r in enumerate(results):
-        values[i::workers] = r
-    return values
+    lost = np.zeros((len(points), trajectories), dtype=bool)
+    for i, (v, w) in enumerate(results):
+        values[i::workers], lost[i::workers] = v, w
+    return (values, lost) if lost_windows else values
 
 
 def sweep(system_name: str, filter_name: str, N: int, sigma_y: float, trajectories: int = 16,
@@ -200,8 +211,8 @@ def successive_halving(system_name: str, filter_name: str, N: int, sigma_y: floa
     not diverge are tried. Points that diverge are dropped at once. Round r uses the tuning seed
     100·seed + r, so every round sees fresh trajectories.
 
-    `evaluate(points, trajectories, cycles, seed) -> (n_points, trajectories)` R-RMSEs replaces the twin
-    experiment (tests). Returns a dict with 'status' ('ok' or 'diverged'), 'best', 'rrmse', 'lost',
+    `evaluate(points, trajectories, cycles, seed) -> (n_points, trajectories)` R-RMSEs, or a pair (R-RMSEs,
+    lost-window flags), replaces the twin experiment (tests). Returns a dict with 'status' ('ok' or 'diverged'), 'best', 'rrmse', 'lost',
     'diverged', 'rounds' (the budget of each round), 'grid_points', 'trajectory_cycles', 'cpu_seconds',
     'seconds'.
     """
@@ -216,7 +227,7 @@ def successive_halving(system_name: str, filter_name: str, N: int, sigma_y: floa
     coarse_rad = sorted({p[1] for p in points if p[1] is not None})
     if evaluate is None:
         def evaluate(pts, t, c, s):
-            return evaluate_points(system_name, filter_name, N, sigma_y, pts, t, c, s, workers)
+            return evaluate_points(system_name, filter_name, N, sigma_y, pts, t, c, s, workers, lost_windows=True)
     level = np.inf if system_name == "linear" else lost_track_level(system_name)  # linear: no attractor
     label = f"{system_name} {filter_name} N={N} sigma_y={sigma_y}"
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
@@ -231,8 +242,9 @@ def successive_halving(system_name: str, filter_name: str, N: int, sigma_y: floa
     def run_round(r, pts, budget, kind):
         t, c = budget
         cpu = _cpu_seconds()
-        values = evaluate(pts, t, c, 100 * seed + r)
-        a = assess(values, level)
+        out = evaluate(pts, t, c, 100 * seed + r)
+        values, lost_windows = out if isinstance(out, tuple) else (out, None)
+        a = assess(values, level, None if level == np.inf else lost_windows)
         order = ranking(a)
         seen.update(pts)
         record.append({"round": kind, "points": len(pts), "trajectories": t, "cycles": c, "seed": 100 * seed + r})
@@ -287,6 +299,16 @@ def is_tuned(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR, 
         return False
     entry = json.loads(path.read_text()).get(f"{float(sigma_y)}", {}).get(str(int(N)))
     return entry is not None and (method is None or entry.get("method") == method)
+
+
+def is_current(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR) -> bool:
+    """Whether the entry was made by this tuner: successive halving with the windowed lost-track test
+    (entries of the older grid search, or of halving that only looked at whole-run R-RMSE, are not)."""
+    path = table_path(system_name, filter_name, directory)
+    if not path.exists():
+        return False
+    entry = json.loads(path.read_text()).get(f"{float(sigma_y)}", {}).get(str(int(N)), {})
+    return entry.get("method") == METHOD and entry.get("lost_window") == LOST_TRACK_WINDOW
 
 
 def is_untunable(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR) -> bool:
@@ -350,7 +372,7 @@ def tune_many(system_name: str, filter_name: str, Ns, sigma_ys, rounds=None, fin
     points = grid_for(system_name, filter_name, inflations, radii, grid)
     for sigma_y in sigma_ys:
         for N in Ns:
-            if skip_existing and (is_tuned(system_name, filter_name, N, sigma_y, directory, METHOD)
+            if skip_existing and (is_current(system_name, filter_name, N, sigma_y, directory)
                                   or is_untunable(system_name, filter_name, N, sigma_y, directory)):
                 continue
             res = successive_halving(system_name, filter_name, N, sigma_y, points=points, rounds=rounds, final=final,
@@ -360,7 +382,7 @@ def tune_many(system_name: str, filter_name: str, Ns, sigma_ys, rounds=None, fin
             meta = {"method": METHOD, "trajectories": t, "cycles": c, "rounds": res["rounds"],
                     "grid_points": res["grid_points"], "trajectory_cycles": res["trajectory_cycles"],
                     "cpu_seconds": res["cpu_seconds"], "seconds": res["seconds"], "lost": res["lost"],
-                    "diverged": res["diverged"], "lost_level": res["lost_level"]}
+                    "diverged": res["diverged"], "lost_level": res["lost_level"], "lost_window": LOST_TRACK_WINDOW}
             label = f"{system_name} {filter_name} N={N} sigma_y={sigma_y}"
             if res["status"] == "ok":
                 infl, rad = res["best"]

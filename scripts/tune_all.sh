@@ -6,19 +6,18 @@
 # daviz/tuned/untunable.json. Resumable: --skip-existing leaves entries already tuned this way alone, so
 # after a cut-off, rerun the same command and at most the entry in progress is lost.
 #   nohup nice -n 10 scripts/tune_all.sh > results/tune_log.txt 2>&1 &
-# One process by default (WORKERS=2 uses both cores). Order: KS (corrected zero-mean system) first, L96
-# LETKF sigma_y=0.7 (the acceptance check), KS IEnKF (11 forecasts a cycle, the most expensive),
-# then the rest of L96 and L63.
+# One process by default (WORKERS=2 uses both cores). Order: L96 LETKF sigma_y=0.7 (the acceptance
+# check), KS (corrected zero-mean system), the rest of L96, L63. KS IEnKF (11 forecasts a cycle) is the most
+# expensive part.
 set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 W=${WORKERS:-1}
 NS=${NS:-5,10,15,20,40,60,100}
 tune() { daviz tune --skip-existing --workers "$W" --N "$NS" "$@"; }
-for f in letkf enkf esrf; do
+tune --system l96 --filter letkf --sigma-y 0.7
+for f in letkf enkf esrf ienkf; do
   for sy in 1.0 0.7; do tune --system ks --filter $f --sigma-y $sy; done
 done
-tune --system l96 --filter letkf --sigma-y 0.7
-for sy in 1.0 0.7; do tune --system ks --filter ienkf --sigma-y $sy; done
 tune --system l96 --filter letkf --sigma-y 1.0
 for f in enkf esrf ienkf; do
   for sy in 1.0 0.7; do tune --system l96 --filter $f --sigma-y $sy; done

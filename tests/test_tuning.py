@@ -7,7 +7,8 @@ import pytest
 
 from daviz import cli, tuning
 from daviz.experiment import TwinExperiment
-from daviz.tuning import (METHOD, assess, evaluate_points, grid_for, is_tuned, is_untunable, lost_track_level,
+from daviz.tuning import (METHOD, assess, evaluate_points, grid_for, is_current, is_tuned, is_untunable,
+                          lost_track_level,
                           parse_rounds, ranking, refined_points, save_tuned, successive_halving, tune_many,
                           tuned_params)
 
@@ -69,6 +70,33 @@ def test_a_point_that_loses_track_ranks_behind_every_point_that_does_not():
     assert res["best"] != best and res["lost"] == 0
 
 
+def test_a_point_that_loses_track_for_a_while_is_penalised():
+    # Finite and good on average, but one trajectory lost track in some 100-cycle window.
+    a = assess(np.array([[0.3, 0.3], [0.4, 0.4]]), level=0.84, lost_windows=np.array([[False, True], [False, False]]))
+    assert a["lost"].tolist() == [1, 0] and ranking(a).tolist() == [1, 0]
+    best = (1.1, 3.0)
+    toy = toy_evaluator(best, noise=0.0)
+
+    def evaluate(points, trajectories, cycles, seed):
+        values = toy(points, trajectories, cycles, seed)
+        return values, np.array([[p == best] * trajectories for p in points])
+
+    res = successive_halving("l96", "letkf", 10, 1.0, rounds=ROUNDS, final=FINAL, log=quiet, evaluate=evaluate)
+    assert res["best"] != best and res["lost"] == 0
+
+
+def test_lost_windows_come_from_the_twin_experiment():
+    # ESRF at N=5 on L96, no inflation: loses track within 300 cycles on some trajectories.
+    values, lost = evaluate_points("l96", "esrf", 5, 1.0, [(1.0, None), (1.2, None)], trajectories=3, cycles=300,
+                                   seed=0, lost_windows=True)
+    from daviz.filters import make_filter
+    f = make_filter("esrf", "l96", 1.0, inflation=np.repeat([1.0, 1.2], 3))  # the same batch, run by hand
+    exp = TwinExperiment("l96", 1.0, 5, {"esrf": f}, trajectories=3, seed=0, purpose="tune", replicas=2)
+    exp.run(300)
+    assert lost.dtype == bool and lost.ravel().tolist() == exp.lost_track("esrf", ever=True).tolist()
+    assert lost.any()  # the case does exercise the flag
+
+
 def test_when_everything_diverges_no_point_is_chosen():
     every = set(grid_for("l63", "esrf"))
     every |= {p for c in every for p in refined_points(c, [], [])}
@@ -84,6 +112,7 @@ def test_budget_is_recorded_and_tables_stay_readable(tmp_path):
                     directory=tmp_path, log=quiet)
     entry = json.loads((tmp_path / "l63_enkf.json").read_text())["1.0"]["5"]
     assert entry["method"] == METHOD and (entry["trajectories"], entry["cycles"]) == final
+    assert entry["lost_window"] == 100 and is_current("l63", "enkf", 5, 1.0, tmp_path)
     assert [(r["trajectories"], r["cycles"]) for r in entry["rounds"]] == [*rounds, final]
     assert entry["trajectory_cycles"] == sum(r["points"] * r["trajectories"] * r["cycles"] for r in entry["rounds"])
     assert entry["grid_points"] > 3 and entry["cpu_seconds"] > 0 and entry["lost"] == 0
@@ -94,16 +123,19 @@ def test_budget_is_recorded_and_tables_stay_readable(tmp_path):
 
 def test_skip_existing_redoes_entries_of_the_old_grid_search(tmp_path, monkeypatch):
     save_tuned("l63", "esrf", 5, 1.0, 1.05, None, 0.05, {"trajectories": 4, "cycles": 200}, directory=tmp_path)
-    assert is_tuned("l63", "esrf", 5, 1.0, tmp_path) and not is_tuned("l63", "esrf", 5, 1.0, tmp_path, METHOD)
+    assert is_tuned("l63", "esrf", 5, 1.0, tmp_path) and not is_current("l63", "esrf", 5, 1.0, tmp_path)
+    # Halving that only looked at whole-run R-RMSE (no lost_window) is redone as well.
+    save_tuned("l63", "esrf", 15, 1.0, 1.05, None, 0.05, {"method": METHOD}, directory=tmp_path)
+    assert is_tuned("l63", "esrf", 15, 1.0, tmp_path, METHOD) and not is_current("l63", "esrf", 15, 1.0, tmp_path)
     done = []
     monkeypatch.setattr(tuning, "successive_halving", lambda *a, **k: done.append(a[2]) or {
         "status": "diverged", "rounds": [{"trajectories": 1, "cycles": 1, "points": 1}], "grid_points": 1,
         "trajectory_cycles": 1, "cpu_seconds": 0.0, "seconds": 0.0, "lost": None, "diverged": None,
         "lost_level": 0.5})
-    tune_many("l63", "esrf", [5, 10], [1.0], skip_existing=True, directory=tmp_path, log=quiet)
-    assert done == [5, 10] and is_untunable("l63", "esrf", 10, 1.0, tmp_path)
-    tune_many("l63", "esrf", [5, 10], [1.0], skip_existing=True, directory=tmp_path, log=quiet)
-    assert done == [5, 10]  # recorded as untunable: not searched again
+    tune_many("l63", "esrf", [5, 10, 15], [1.0], skip_existing=True, directory=tmp_path, log=quiet)
+    assert done == [5, 10, 15] and is_untunable("l63", "esrf", 10, 1.0, tmp_path)
+    tune_many("l63", "esrf", [5, 10, 15], [1.0], skip_existing=True, directory=tmp_path, log=quiet)
+    assert done == [5, 10, 15]  # recorded as untunable: not searched again
     assert tuned_params("l63", "esrf", 5, 1.0, directory=tmp_path)["inflation"] == 1.05  # old entry still read
 
 
