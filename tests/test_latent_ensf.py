@@ -111,6 +111,8 @@ def test_evaluate_skips_latent_ensf_without_weights(tmp_path, monkeypatch, capsy
                  "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "skipping latent-ensf" in err and "daviz train-latent --system l96" in err
+    with pytest.raises(CheckpointError, match="made for Lorenz '96 and Kuramoto–Sivashinsky only"):
+        pretrained.load_filter("l63", 1.0)  # no command to suggest: train-latent does not serve L63
 
 
 shipped = pytest.mark.skipif(not (SHIPPED / pretrained.weights_name(KS, 1.0)).is_file()

@@ -13,12 +13,13 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..systems import get_system
+from .pretrained import TRAINABLE
 from .train import TrainSettings
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train-latent", help="train the coupled VAE of Latent-EnSF (CPU, minutes)")
-    p.add_argument("--system", required=True, choices=("l96", "ks"))
+    p.add_argument("--system", required=True, choices=TRAINABLE)
     p.add_argument("--sigma-y", type=float, required=True)
     defaults = TrainSettings()
     for f in fields(TrainSettings):

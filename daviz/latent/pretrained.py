@@ -29,6 +29,7 @@ from .vae import CoupledVAE, NumpyVAE, VAEConfig
 FORMAT = "daviz-latent-vae-1"
 PRETRAINED_DIR = Path(os.environ.get("DAVIZ_PRETRAINED_DIR") or Path(__file__).resolve().parents[2] / "pretrained")
 _REDO = "delete it and train it again with `daviz train-latent`"
+TRAINABLE = ("l96", "ks")  # the systems `daviz train-latent` serves
 _cache: dict = {}
 _lock = threading.Lock()
 
@@ -160,6 +161,9 @@ def load_filter(system: System | str, sigma_y: float, inflation=None, directory=
     system = get_system(system) if isinstance(system, str) else system
     path = weights_path(system, sigma_y, directory)
     if not path.is_file():
+        if system.name not in TRAINABLE:
+            raise CheckpointError(f"no Latent-EnSF for {system.title}: its coupled VAE is made for Lorenz '96 and "
+                                  "Kuramoto–Sivashinsky only", path)
         raise CheckpointError(f"no Latent-EnSF weights for {system.title} at sigma_y={float(sigma_y)}: run "
                               f"`daviz train-latent --system {system.name} --sigma-y {float(sigma_y)}`", path)
     vae, meta = load(path, system, sigma_y)
