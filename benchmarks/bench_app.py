@@ -23,15 +23,17 @@ if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import numpy as np  # noqa: E402
 from bokeh.document import Document  # noqa: E402
 from bokeh.protocol import Protocol  # noqa: E402
 
 from daviz.app.plots import ExplorerPlots  # noqa: E402
-from daviz.app.runs import RUN_LABELS  # noqa: E402
+from daviz.app.runs import RUN_LABELS, RUNS  # noqa: E402
 from daviz.app.state import ExplorerState  # noqa: E402
 
-ALL = [label for label in RUN_LABELS if "(" not in label]  # EnKF, ESRF, LETKF, IEnKF, MNMEF
+# The paper's filters (EnKF, ESRF, LETKF, IEnKF, MNMEF): the explorer's default line-up. The score-based and
+# variational runs have their own benchmarks (bench_score_filters.py, bench_variational.py).
+PAPER_BASES = ("enkf", "esrf", "letkf", "ienkf", "mnmef")
+ALL = [label for label in RUN_LABELS if "(" not in label and RUNS[label].base in PAPER_BASES]
 
 
 def measure(state: ExplorerState, plots: ExplorerPlots, doc: Document, events: list, cycles: int,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 from daviz.experiment import TwinExperiment
 from daviz.filters import FILTER_NAMES, make_filter
 from daviz.tuning import tuned_params

@@ -27,8 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from daviz.mnmef.model import MNMEF, ModelConfig
 from daviz.mnmef.rollout import RolloutLoss
 from daviz.mnmef.step import TrainStep, make_optimizer
-from daviz.mnmef.train import TABLE_C8, TrainConfig, epoch_windows, make_data
-from daviz.systems import get_system
+from daviz.mnmef.train import TrainConfig, table_c8, epoch_windows, make_data
+from daviz.systems import SYSTEM_NAMES, get_system
 
 FULL_RECIPE_TRAJ_CYCLES = 8192 * 60 * 1000  # Table C.8 pretrain: 8192 windows x 60 cycles x 1000 epochs
 PAPER_SECONDS = 4.03 * 3600                  # paper §5.5: 4.03 h per system on one RTX 4080 Super
@@ -56,7 +56,7 @@ def build(system, N, cycles, batch, dev, mode, feature_dim, seed=0):
     truth, obs = make_data(cfg)
     torch.manual_seed(seed)
     model = MNMEF(get_system(system), 1.0, ModelConfig(feature_dim=feature_dim)).to(dev)
-    opt = make_optimizer(list(model.parameters()), TABLE_C8[system][0], 1e-2, dev)
+    opt = make_optimizer(list(model.parameters()), table_c8(system)[0], 1e-2, dev)
     st = TrainStep(RolloutLoss(model, N), model, opt, torch.as_tensor(truth, dtype=torch.float32, device=dev),
                    torch.as_tensor(obs, dtype=torch.float32, device=dev), cycles, batch, cfg.trajectories, mode=mode)
     st.set_windows(epoch_windows(cfg, truth.shape[0], 0))
@@ -176,7 +176,7 @@ def time_mode(system, N, cycles, batch, dev, mode, steps, feature_dim) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--system", default="l96", choices=sorted(TABLE_C8))
+    ap.add_argument("--system", default="l96", choices=SYSTEM_NAMES)
     ap.add_argument("--batch", type=int, help="default: Table C.8's batch on CUDA, 64 on the CPU")
     ap.add_argument("--N", type=int, default=10)
     ap.add_argument("--cycles", type=int, default=60)
@@ -193,13 +193,13 @@ def main() -> None:
         print(f"{'system':6} {'batch':>5} {'params':>8} {'GFLOP/step':>10} {'GB/step':>8} {'ops/step':>9}")
         for system in ("l96", "ks", "l63"):
             f = floor(system, a.N, a.cycles, 8, torch.device("cpu"), a.feature_dim)
-            B = TABLE_C8[system][1]
+            B = table_c8(system)[1]
             print(f"{system:6} {B:>5} {f['params']:>8,} {f['flops'] * B / 8 / 1e9:>10.1f} {f['bytes'] * B / 8 / 1e9:>8.1f} {f['ops']:>9,}")
         return
     dev = torch.device(a.device)
     if a.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
-    batch = a.batch or (TABLE_C8[a.system][1] if dev.type == "cuda" else 64)
+    batch = a.batch or (table_c8(a.system)[1] if dev.type == "cuda" else 64)
     modes = (a.modes or ("eager,graph,compile,compile+graph" if dev.type == "cuda" else "eager,compile")).split(",")
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {a.threads} thread(s)"
     print(f"{a.system} N={a.N} batch {batch} x {a.cycles} cycles, f_v={a.feature_dim}, {where}, torch {torch.__version__}"

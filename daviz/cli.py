@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .experiment import LOST_TRACK_WINDOW, TwinExperiment, available_memory, check_memory
+from .experiment import TwinExperiment, available_memory, check_memory
 from .filters import FILTER_NAMES, make_filter
 from .metrics import average_rrmse, rrmse_std
 from .systems import SYSTEM_NAMES, get_system
-from .tuning import grid_for, is_tuned, save_tuned, sweep, tuned_params
+from .tuning import tuned_params
 from .variational import VARIATIONAL_NAMES  # 4D-Var and Neural Incremental DA (no torch at import)
 
 PAPER_N = (5, 10, 15, 20, 40, 60, 100)

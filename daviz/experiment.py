@@ -240,9 +240,7 @@ class TwinExperiment:
     def step(self) -> None:
         """Advance the truth, draw the observation, and run one cycle of every filter."""
         sys_ = self.system
-        truth = sys_.step(self._truth)
-        if sys_.model_noise_std > 0:
-            truth = truth + sys_.model_noise_std * self._truth_rng.standard_normal(truth.shape)
+        truth = sys_.add_model_noise(sys_.step(self._truth), self._truth_rng)
         self._truth = truth
         y = self._tile(sys_.observe(truth) + self.sigma_y * self._obs_rng.standard_normal((len(truth), sys_.obs_dim)))
         self.observation = y

@@ -42,8 +42,7 @@ METHOD = "successive-halving"  # entries of older grid searches lack it and are 
 
 # Default grids: wide enough to contain the paper's optima (L96 LETKF radii 1..6 for N=5..100).
 INFLATION_GRID = (1.0, 1.02, 1.05, 1.1, 1.15, 1.2, 1.3, 1.45)
-RADIUS_GRID = {"l96": (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0), "ks": (1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0)}
-FALLBACK = {"inflation": 1.05, "radius": {"l96": 3.0, "ks": 4.0}}
+# Radii: each system's `radius_grid`; where nothing is tuned, its `fallback_inflation`/`fallback_radius`.
 
 # Successive-halving defaults: (trajectories, cycles) of the rounds before the final one; the first runs
 # every coarse grid point, each next one the best 1/KEEP of the previous, and the finer grid joins the last.
@@ -68,7 +67,7 @@ def grid_for(system_name: str, filter_name: str, inflations=None, radii=None, gr
     localizes = FILTER_CLASSES[filter_name].localizes and get_system(system_name).periodic
     if not localizes:
         return [(a, None) for a in inflations]
-    return list(product(inflations, tuple(radii or RADIUS_GRID[system_name])))
+    return list(product(inflations, tuple(radii or get_system(system_name).radius_grid)))
 
 
 def parse_rounds(text: str | None) -> tuple[tuple[int, int], ...] | None:
@@ -358,8 +357,8 @@ def tuned_params(system_name: str, filter_name: str, N: int, sigma_y: float, dir
             return {"inflation": entry["inflation"], "radius": entry["radius"] if localizes else None,
                     "source": f"tuned at N={n_key}, sigma_y={s_key}",
                     **({"params": entry["params"]} if isinstance(entry.get("params"), dict) else {})}
-    return {"inflation": FALLBACK["inflation"] if system_name != "linear" else 1.0,
-            "radius": FALLBACK["radius"].get(system_name) if localizes else None, "source": "default (not tuned)"}
+    return {"inflation": system.fallback_inflation, "radius": system.fallback_radius if localizes else None,
+            "source": "default (not tuned)"}
 
 
 def tune_many(system_name: str, filter_name: str, Ns, sigma_ys, rounds=None, final=None, keep=None, finalists=None,

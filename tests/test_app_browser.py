@@ -43,6 +43,14 @@ def browser():
         b.close()
 
 
+@pytest.fixture(autouse=True)
+def close_pages_left_open(browser):
+    """A test that fails mid-way leaves its tab playing; close it so the next test starts on an idle server."""
+    yield
+    for context in list(browser.contexts):
+        context.close()
+
+
 def image_rows(page) -> list[int]:
     """Rows (sites) of every Hovmöller image of the current layout (the images the newest frame source
     writes into) as the browser holds them."""

@@ -255,6 +255,22 @@ def test_mnmef_alone_and_unavailable_renders_a_message(no_mnmef):
     assert "no filter could be built" in s.message and "no weights in this test" in s.message
 
 
+def test_score_filters_use_their_tuned_settings_and_a_missing_vae_keeps_the_others():
+    from daviz.tuning import tuned_params
+
+    s = ExplorerState(system="ks", sigma_y=1.0, N=10, filters=["EnKF", "EnSF"])
+    tuned = tuned_params("ks", "ensf", 10, 1.0)
+    assert tuned["params"] == {"kernel": 0.75}, "the shipped table's tuned kernel (not EnSF's default 0.5)"
+    ensf = s.experiment.filters["EnSF"]
+    assert {k: ensf.settings[k] for k in tuned["params"]} == tuned["params"]
+    assert ensf.inflation == pytest.approx(tuned["inflation"])
+    # No coupled VAE is shipped for L96 at sigma_y=0.7: Latent-EnSF is left out with the reason, EnKF runs.
+    s = ExplorerState(system="l96", sigma_y=0.7, N=10, filters=["EnKF", "Latent-EnSF"])
+    assert [r.label for r in s.runs] == ["EnKF"]
+    assert "Latent-EnSF left out" in s.message and "train-latent" in s.message
+    assert s.advance(2) == 2
+
+
 def test_engine_error_pauses_with_message(st, monkeypatch):
     st.play()
 

@@ -22,11 +22,8 @@ from bokeh.plotting import figure
 from .frames import APPLY_FRAME_JS, quantize
 from .runs import OBS_COLOR, RUNS, TRUTH_COLOR
 
-# Fixed colour limits per system (about the 0.5 / 99.5 percentiles of the attractor), so frames stay
-# comparable over time and between filters; |error| and spread share one scale.
-FIELD_LIMITS = {"l63": (-20.0, 45.0), "l96": (-7.0, 12.0), "ks": (-3.0, 3.0)}
-ERROR_LIMITS = {"l63": (0.0, 6.0), "l96": (0.0, 3.0), "ks": (0.0, 1.5)}
-L63_LIMITS = ((-22.0, 22.0), (-28.0, 28.0), (0.0, 52.0))
+# Colour limits are fixed per system (System.field_limits, .error_limit: about the 0.5 / 99.5 percentiles of
+# the attractor), so frames stay comparable over time and between filters; |error| and spread share one scale.
 WINDOW_METHODS = ("4dvar", "nida", "nida-4dvar")  # runs that assimilate whole windows (window shaded)
 ACK_TIMEOUT = 5.0  # seconds without an acknowledgement before the next frame goes anyway
 
@@ -165,8 +162,8 @@ class ExplorerPlots:
 
     def _hovmoller_grid(self):
         state, d = self.state, self.dim
-        lo, hi = FIELD_LIMITS[self.system]
-        elo, ehi = ERROR_LIMITS[self.system]
+        lo, hi = self.sys.field_limits
+        elo, ehi = 0.0, self.sys.error_limit
         field_map = LinearColorMapper(palette=Viridis256, low=lo, high=hi, nan_color=(0, 0, 0, 0))
         err_map = LinearColorMapper(palette=Inferno256, low=elo, high=ehi, nan_color=(0, 0, 0, 0))
         y_range = Range1d(-0.5, d - 0.5)
@@ -258,7 +255,7 @@ class ExplorerPlots:
             def title(c=c):
                 seen = "observed" if c in set(self.sys.obs_idx.tolist()) else "not observed"
                 return f"Lorenz '63 {names[c]} ({seen}): truth, observations, mean ± 1.96·std"
-            figs.append(self._series_figure(title, lambda c=c: c, L63_LIMITS[c], int(170 * self.style.scale),
+            figs.append(self._series_figure(title, lambda c=c: c, self.sys.component_limits[c], int(170 * self.style.scale),
                                             legend=(c == self.dim - 1)))
         return column(figs, sizing_mode="stretch_width")
 
@@ -277,7 +274,7 @@ class ExplorerPlots:
         self.rmse_fig = p
         figs = [p]
         if self.has_space:
-            lo, hi = FIELD_LIMITS[self.system]
+            lo, hi = self.sys.field_limits
             figs.append(self._series_figure(self._component_title, lambda: self.state.component, (lo, hi),
                                             int(200 * st.scale), legend=True))
         figs.append(self._localization_figure())

@@ -30,8 +30,6 @@ SYSTEMS = {"Lorenz '63": "l63", "Lorenz '96": "l96", "Kuramoto–Sivashinsky": "
 N_BOUNDS = (5, 100)
 SIGMA_BOUNDS = (0.05, 10.0)
 SEED_BOUNDS = (0, 2**32 - 1)
-RADIUS_BOUNDS = {"l63": (0.5, 10.0), "l96": (0.5, 20.0), "ks": (0.5, 40.0)}
-FALLBACK_TUNED = {"inflation": 1.05, "radius": 3.0}
 __all__ = ["ExplorerState", "RUNS", "RUN_LABELS", "RunSpec", "SYSTEMS", "N_BOUNDS", "SIGMA_BOUNDS"]
 
 
@@ -147,8 +145,9 @@ class ExplorerState(param.Parameterized):
             try:
                 self._tuned_cache[key] = tuned_params(*key)
             except Exception as exc:  # a broken table must not take the app down
-                self._tuned_cache[key] = {**FALLBACK_TUNED, "radius": FALLBACK_TUNED["radius"] if self.has_space
-                                          else None, "source": f"fallback ({type(exc).__name__})"}
+                self._tuned_cache[key] = {"inflation": self.sys.fallback_inflation,
+                                          "radius": self.sys.fallback_radius if self.has_space else None,
+                                          "source": f"fallback ({type(exc).__name__})"}
         return self._tuned_cache[key]
 
     def _apply_tuned_defaults(self) -> None:
@@ -156,20 +155,21 @@ class ExplorerState(param.Parameterized):
         if self._validate().startswith("σ_y"):
             return
         ref = self._tuned_for("letkf")
-        lo, hi = RADIUS_BOUNDS[self.system]
+        lo, hi = self.sys.radius_bounds
         self.param.radius.bounds = (lo, hi)
         radius = ref.get("radius")
         with self._quietly():
             self.param.update(
                 localization="tuned" if self.has_space else "off",
-                radius=float(np.clip(radius if radius is not None else FALLBACK_TUNED["radius"], lo, hi)),
+                radius=float(np.clip(radius if radius is not None else self.sys.fallback_radius or lo, lo, hi)),
                 inflation_mode="tuned",
                 inflation=float(np.clip(ref.get("inflation", 1.0), 1.0, 1.5)),
             )
         self.tuned_source = str(ref.get("source", ""))
 
     def filter_params(self, spec: RunSpec) -> dict:
-        """inflation and radius a baseline run uses under the current settings."""
+        """inflation, radius and tuned filter settings (EnSF's kernel, Latent-EnSF's gamma) a baseline run
+        uses under the current settings."""
         tuned = self._tuned_for(spec.base)
         inflation = tuned.get("inflation", 1.0) if self.inflation_mode == "tuned" else self.inflation
         if self.localization == "tuned":
@@ -182,7 +182,8 @@ class ExplorerState(param.Parameterized):
             radius = None
         if spec.no_inflation:
             inflation = 1.0
-        return {"inflation": float(inflation), "radius": None if radius is None else float(radius)}
+        return {"inflation": float(inflation), "radius": None if radius is None else float(radius),
+                **tuned.get("params", {})}
 
     def gc_radius(self) -> float:
         """The radius the Gaspari–Cohn reference curve is drawn at (what LETKF uses, else the slider)."""
@@ -313,6 +314,12 @@ class ExplorerState(param.Parameterized):
                 self.mnmef_status = mnmef_weights.describe(info, filt is not None)
                 if filt is None:
                     warnings.append(self.mnmef_status)
+                    continue
+            elif spec.base == "latent-ensf":
+                try:  # its coupled VAE is shipped for some (system, σ_y) only: the other runs go on without it
+                    filt = self._make_baseline(spec)
+                except (ValueError, ImportError) as exc:  # CheckpointError is a ValueError; torch may be absent
+                    warnings.append(f"Latent-EnSF left out: {exc}")
                     continue
             else:
                 filt = self._make_baseline(spec)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..systems import System, get_system
-from ..variational import VARIATIONAL_NAMES, VARIATIONAL_TITLES  # 4D-Var, NIDA (torch only when built)
+from ..variational import VARIATIONAL_NAMES  # 4D-Var, NIDA (torch only when built)
 from .base import EnsembleFilter, inflate
 from .enkf import EnKF
 from .ensf import EnSF
@@ -13,9 +13,6 @@ from .letkf import LETKF
 
 FILTER_CLASSES = {cls.name: cls for cls in (EnKF, ESRF, LETKF, IEnKF, KalmanFilter, EnSF)}
 FILTER_NAMES = ("enkf", "esrf", "letkf", "ienkf")  # the paper's baselines
-FILTER_TITLES = {"enkf": "EnKF", "esrf": "ESRF", "letkf": "LETKF", "ienkf": "IEnKF", "kalman": "Kalman", "mnmef": "MNMEF"}
-FILTER_TITLES.update(VARIATIONAL_TITLES)
-FILTER_TITLES.update({"ensf": "EnSF", "latent-ensf": "Latent-EnSF"})
 
 
 def make_filter(name: str, system: System | str, sigma_y: float, inflation=1.0, radius=None,
@@ -44,4 +41,4 @@ def make_filter(name: str, system: System | str, sigma_y: float, inflation=1.0, 
 
 
 __all__ = ["EnsembleFilter", "EnKF", "ESRF", "LETKF", "IEnKF", "KalmanFilter", "EnSF", "make_filter",
-           "FILTER_NAMES", "FILTER_CLASSES", "FILTER_TITLES", "inflate"]
+           "FILTER_NAMES", "FILTER_CLASSES", "inflate"]

@@ -117,10 +117,7 @@ class EnsembleFilter:
         return state.std(axis=1, ddof=1)
 
     def forecast(self, E: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        Ef = step_in_chunks(self.system, E)
-        if self.system.model_noise_std > 0:
-            Ef = Ef + self.system.model_noise_std * rng.standard_normal(Ef.shape)
-        return Ef
+        return self.system.add_model_noise(step_in_chunks(self.system, E), rng)
 
     def analysis(self, E: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError

@@ -61,6 +61,16 @@ def _transform_analysis_ensemble_space(A, S, delta):
     return TA + np.swapaxes(w_mean, -1, -2) @ A
 
 
+def etkf_analysis(E, y, obs_idx, sigma_y):
+    """The global ETKF analysis of ensembles E (B, N, d) given observations y (B, p) of E[..., obs_idx]."""
+    mean = E.mean(axis=1, keepdims=True)
+    Hx = E[..., obs_idx]
+    h_mean = Hx.mean(axis=1)
+    S = (Hx - h_mean[:, None, :]) / sigma_y
+    delta = (y - h_mean) / sigma_y
+    return mean + transform_analysis(E - mean, S, delta)
+
+
 class ESRF(EnsembleFilter):
     """Ensemble square root filter in its ETKF form (symmetric square root), no localization."""
 
@@ -68,9 +78,4 @@ class ESRF(EnsembleFilter):
 
     def analysis(self, E, y, rng):
         check_ensemble(E, y, self.system)
-        mean = E.mean(axis=1, keepdims=True)
-        Hx = E[..., self.system.obs_idx]
-        h_mean = Hx.mean(axis=1)
-        S = (Hx - h_mean[:, None, :]) / self.sigma_y
-        delta = (y - h_mean) / self.sigma_y
-        return mean + transform_analysis(E - mean, S, delta)
+        return etkf_analysis(E, y, self.system.obs_idx, self.sigma_y)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import EnsembleFilter, check_ensemble
-from .etkf import ESRF, transform_analysis
+from .etkf import etkf_analysis, transform_analysis
 from .localization import gaspari_cohn, state_obs_distances
 
 
@@ -30,9 +30,9 @@ class LETKF(EnsembleFilter):
     localizes = True
 
     def analysis(self, E, y, rng):
-        if self.radius is None or not self.system.periodic:
-            return ESRF.analysis(self, E, y, rng)  # no localization: LETKF is the global ETKF
         check_ensemble(E, y, self.system)
+        if self.radius is None or not self.system.periodic:  # no localization: LETKF is the global ETKF
+            return etkf_analysis(E, y, self.system.obs_idx, self.sigma_y)
         # One radius per batch element (a tuning sweep): solve each radius apart, so small radii get
         # small local problems instead of the largest radius' padded ones.
         radius = np.broadcast_to(self.radius, E.shape[:1])

@@ -10,8 +10,9 @@ import sys
 
 import torch
 
+from ..systems import SYSTEM_NAMES
 from .step import MODES
-from .train import SCHEDULES, TABLE_C8, TrainConfig, branch_path, finetune_config, train
+from .train import SCHEDULES, TrainConfig, branch_path, finetune_config, train
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -87,7 +88,7 @@ def cmd_finetune(a) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="pretrain MNMEF on synthetic trajectories (paper §4.3)")
-    p.add_argument("--system", required=True, choices=sorted(TABLE_C8))
+    p.add_argument("--system", required=True, choices=SYSTEM_NAMES)
     p.add_argument("--sigma-y", type=float, required=True)
     p.add_argument("--N", type=int, default=10)
     p.add_argument("--feature-dim", type=int, default=64, help="f_v width: 64 (paper Table C.7) or 128 (authors' code)")

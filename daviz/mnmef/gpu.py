@@ -59,12 +59,12 @@ def log(msg: str) -> None:
 
 # -- recipes -------------------------------------------------------------------------------------------------
 def pretrain_config(system: str, sigma_y: float, toy: bool):
-    from .train import TABLE_C8, TrainConfig
+    from .train import TrainConfig, table_c8
     if toy:
         return TrainConfig(system=system, sigma_y=sigma_y, N=10, epochs=1000, trajectories=8, cycles=4, batch_size=4,
                            chains=4, schedule="wsd", warmup_steps=2, model=TOY_MODEL,
                            recipe_note="toy run of scripts/train_gpu.sh (CI size; not for use)")
-    lr, batch = TABLE_C8[system]
+    lr, batch = table_c8(system)
     total = 1000 * (8192 // batch)
     return TrainConfig(system=system, sigma_y=sigma_y, N=10, epochs=1000, trajectories=8192, cycles=60, batch_size=batch,
                        lr=lr, weight_decay=1e-2, schedule="wsd", warmup_steps=max(1, total // 100), decay_fraction=0.2,

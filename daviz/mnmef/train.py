@@ -38,8 +38,14 @@ from .model import MNMEF, ModelConfig, parameter_counts
 from .rollout import RolloutLoss
 from .step import MODES, STATS, TrainStep, _is_oom, make_optimizer
 
-# Table C.8 (pretraining at N=10): learning rate and batch size per system.
-TABLE_C8 = {"l96": (1e-3, 512), "ks": (5e-4, 256), "l63": (1e-3, 1024), "linear": (1e-3, 512)}
+
+
+def table_c8(system: str) -> tuple[float, int]:
+    """Table C.8 (pretraining at N=10): the system's learning rate and batch size (kept on the System)."""
+    s = get_system(system)  # unknown names: ValueError listing the known ones
+    return s.train_lr, s.train_batch
+
+
 MAX_OFFSET = 45
 SCHEDULES = ("steps", "cosine", "wsd")
 MAX_N = 1000  # far above the paper's 100; beyond it a step would not fit in memory anyway
@@ -74,9 +80,7 @@ class TrainConfig:
     recipe_note: str = ""
 
     def __post_init__(self):
-        if self.system not in TABLE_C8:
-            raise ValueError(f"unknown system {self.system!r}; choose one of {', '.join(sorted(TABLE_C8))}")
-        lr, batch = TABLE_C8[self.system]
+        lr, batch = table_c8(self.system)
         self.lr = lr if self.lr is None else self.lr
         self.batch_size = batch if self.batch_size is None else self.batch_size
         self.lr_milestones = tuple(self.lr_milestones or ())
@@ -219,8 +223,8 @@ def _data(system_name, sigma_y, trajectories, cycles, chains, seed):
     for t in range(T):
         truth[:, t] = x
         x = system.step(x)
-        if system.model_noise_std > 0:
-            x = x + system.model_noise_std * stream(seed, "train", f"mnmef-model-noise-{t}").standard_normal(x.shape)
+        if system.model_noise_std > 0:  # (the stream is only created when it is drawn from)
+            x = system.add_model_noise(x, stream(seed, "train", f"mnmef-model-noise-{t}"))
     noise = stream(seed, "train", f"mnmef-obs-{system_name}-{sigma_y}").standard_normal((chains, T, system.obs_dim))
     return truth, system.observe(truth) + sigma_y * noise
 
@@ -279,9 +283,9 @@ def pick_mode(mode: str | None, device: torch.device, world: int) -> str:
 def load_pretrained(path, system: str | None = None) -> tuple[dict, dict]:
     """(checkpoint, sidecar) of a pretrained model, with clear errors for unusable files."""
     data = ckpt.load(path, system=system)
-    if data.get("system") not in SYSTEM_NAMES or data.get("system") not in TABLE_C8:
+    if data.get("system") not in SYSTEM_NAMES:
         raise ckpt.CheckpointError(f"MNMEF checkpoint {path} was trained for system {data.get('system')!r}, "
-                                   f"which daviz does not know (known: {', '.join(sorted(TABLE_C8))})")
+                                   f"which daviz does not know (known: {', '.join(SYSTEM_NAMES)})")
     for key in ("sigma_y", "model_config"):
         if key not in data:
             raise ckpt.CheckpointError(f"MNMEF checkpoint {path} lacks {key!r}")
@@ -601,7 +605,7 @@ def finetune_config(pretrained: str | Path, N: int, **overrides) -> TrainConfig:
     if not isinstance(base, dict):
         raise ckpt.CheckpointError(f"MNMEF sidecar {ckpt.sidecar_path(pretrained)}: 'recipe' is not a mapping")
     system = data["system"]
-    lr, batch = TABLE_C8[system]
+    lr, batch = table_c8(system)
     lr = base.get("lr", lr) / 10
     batch = base.get("batch_size", batch)
     batch = batch // 4 if N >= 100 else batch // 2 if N >= 40 else batch

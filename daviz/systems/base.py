@@ -34,6 +34,16 @@ class System:
     model_noise_std: float = 0.0  # sigma_v; 0 for the nonlinear systems, as in the paper's runs
     init_ensemble_std: float = 1.0  # initial ensemble N(v0†, std² I), App. C.3
     burn_in: tuple[int, int] = (1000, 2000)  # random burn-in length range, in observation steps
+    # What the tools need to know per system lives here, not in per-system tables of each tool:
+    train_lr: float = 1e-3  # MNMEF pretraining learning rate and batch size (Table C.8)
+    train_batch: int = 512
+    radius_grid: tuple[float, ...] = ()  # `daviz tune`'s coarse localization radii (periodic systems)
+    fallback_inflation: float = 1.05  # inflation and localization radius used where nothing is tuned
+    fallback_radius: float | None = None
+    radius_bounds: tuple[float, float] = (0.5, 10.0)  # the explorer's radius slider
+    field_limits: tuple[float, float] = (-1.0, 1.0)  # the explorer's colour range for the state (~0.5/99.5 %)
+    error_limit: float = 1.0  # ... and for |error| and spread, from 0
+    component_limits: tuple[tuple[float, float], ...] = ()  # y ranges of per-component plots (no Hovmöller)
 
     @property
     def obs_dim(self) -> int:
@@ -51,6 +61,12 @@ class System:
     def step(self, x):
         """Advance x (..., d) by one observation interval dt_obs."""
         raise NotImplementedError
+
+    def add_model_noise(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """x + σ_v·ξ with ξ ~ N(0, I) drawn from rng; x itself (no draw) when the system has no model noise."""
+        if self.model_noise_std <= 0:
+            return x
+        return x + self.model_noise_std * rng.standard_normal(x.shape)
 
     def burn_in_start(self, rng: np.random.Generator, batch: int) -> np.ndarray:
         """(batch, d) states from which the burn-in starts."""

@@ -46,4 +46,5 @@ def make_linear_gaussian(dim: int = 10) -> LinearGaussian:
     return LinearGaussian(
         name="linear", title="Linear-Gaussian", dim=dim, obs_idx=np.arange(0, dim, 2),
         dt_obs=1.0, substeps=1, clamp=1e6, periodic=False, model_noise_std=0.01,
+        train_lr=1e-3, train_batch=512, fallback_inflation=1.0,  # linear and exact: no inflation needed
     )

@@ -30,4 +30,6 @@ def make_lorenz63() -> Lorenz63:
     return Lorenz63(
         name="l63", title="Lorenz '63", dim=3, obs_idx=np.array([0]),
         dt_obs=0.15, substeps=5, clamp=60.0, periodic=False,
+        train_lr=1e-3, train_batch=1024, field_limits=(-20.0, 45.0), error_limit=6.0,
+        component_limits=((-22.0, 22.0), (-28.0, 28.0), (0.0, 52.0)),
     )

@@ -37,4 +37,6 @@ def make_lorenz96(dim: int = 40, obs_every: int = 4) -> Lorenz96:
     return Lorenz96(
         name="l96", title="Lorenz '96", dim=dim, obs_idx=np.arange(0, dim, obs_every),
         dt_obs=0.15, substeps=5, clamp=20.0, periodic=True,
+        train_lr=1e-3, train_batch=512, radius_grid=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0), fallback_radius=3.0,
+        radius_bounds=(0.5, 20.0), field_limits=(-7.0, 12.0), error_limit=3.0,
     )

@@ -13,7 +13,6 @@ Neural Incremental DA (Blanke, Fablet & Lelarge, arXiv 2406.15076), as engine fi
 from __future__ import annotations
 
 VARIATIONAL_NAMES = ("4dvar", "nida", "nida-4dvar")
-VARIATIONAL_TITLES = {"4dvar": "4D-Var", "nida": "Neural Incremental DA", "nida-4dvar": "NIDA + 4D-Var"}
 HYBRID_OUTER = 1  # the hybrid's 4D-Var: one Gauss–Newton loop from NIDA's first guess
 
 
