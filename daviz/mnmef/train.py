@@ -56,28 +56,39 @@ class TrainingError(ValueError):
     A ValueError, so `daviz` prints it as one line and exits non-zero."""
 
 
+def _opt(default, help: str, **cli):
+    """A TrainConfig field with its command-line description: `daviz train` / `finetune` generate their flags
+    from these (daviz.mnmef.commands); `cli` may add choices, or flag (another name than the field's)."""
+    kw = {"default_factory": default} if callable(default) else {"default": default}
+    return field(metadata={"help": help, **cli}, **kw)
+
+
 @dataclass
 class TrainConfig:
-    system: str = "l96"
-    sigma_y: float = 1.0
-    N: int = 10
-    epochs: int = 1000
-    trajectories: int = 8192
-    cycles: int = 60
-    batch_size: int | None = None      # None: Table C.8
-    lr: float | None = None            # None: Table C.8
-    weight_decay: float = 1e-2         # paper App. C (C.13): 1e-2 keeps training stable; authors' code: 0
-    lr_milestones: tuple = (0.2, 0.3, 0.4)  # schedule "steps": halve the LR at these fractions of the epochs
-    schedule: str = "steps"            # steps | cosine | wsd (see the module docstring)
-    warmup_steps: int = 0              # linear LR warm-up over this many steps
-    decay_fraction: float = 0.2        # wsd: the final decay takes this fraction of the steps
-    max_steps: int | None = None       # total optimizer steps (default: epochs x batches per epoch)
-    grad_window: int = 1
-    seed: int = 42
-    chains: int = 256                  # truth chains generated in parallel; windows are cut along them
-    finetune_from: str | None = None   # pretrained checkpoint: freeze the set transformer, train the heads
-    model: dict = field(default_factory=dict)  # ModelConfig fields
-    recipe_note: str = ""
+    system: str = _opt("l96", "dynamical system", choices=SYSTEM_NAMES)
+    sigma_y: float = _opt(1.0, "observation noise std")
+    N: int = _opt(10, "ensemble size (train default 10)")
+    epochs: int = _opt(1000, "epochs (pretrain default 1000, fine-tune 20)")
+    trajectories: int = _opt(8192, "training windows per epoch (8192; fine-tune: half)")
+    cycles: int = _opt(60, "assimilation cycles per window (60)")
+    batch_size: int | None = _opt(None, "Table C.8: l96 512, ks 256, l63 1024")  # None: Table C.8
+    lr: float | None = _opt(None, "Table C.8: 1e-3 (ks 5e-4); fine-tune: a tenth")  # None: Table C.8
+    # paper App. C (C.13): 1e-2 keeps training stable; authors' code: 0
+    weight_decay: float = _opt(1e-2, "AdamW weight decay (default 1e-2, paper App. C; authors' code: 0)")
+    lr_milestones: tuple = _opt((0.2, 0.3, 0.4), "fractions of the epochs where the LR halves (0.2 0.3 0.4)")
+    schedule: str = _opt("steps", "LR schedule: steps (halve at the milestones; default), cosine, or wsd (warm-up, "
+                         "constant, decay over the last --decay-fraction; a run cut short also writes OUT_decayed.pt)",
+                         choices=SCHEDULES)
+    warmup_steps: int = _opt(0, "linear LR warm-up steps (default 0)")
+    decay_fraction: float = _opt(0.2, "wsd: fraction of the steps in the final decay (0.2)")
+    max_steps: int | None = _opt(None, "total optimizer steps of the recipe (default: epochs x batches)")
+    grad_window: int = _opt(1, "detach the ensemble every this many cycles (1)")
+    seed: int = _opt(42, "seed of the training data and initial weights (42)")
+    chains: int = _opt(256, "truth chains generated in parallel; windows are cut along them (256)")
+    # pretrained checkpoint: freeze the set transformer, train the heads
+    finetune_from: str | None = _opt(None, "pretrained checkpoint", flag="from")
+    model: dict = _opt(dict, "ModelConfig fields")
+    recipe_note: str = _opt("", "recipe note recorded in the metadata", flag="note")
 
     def __post_init__(self):
         lr, batch = table_c8(self.system)
