@@ -5,7 +5,7 @@
 Serves app.py, opens it in headless Chromium (Debian's /usr/bin/chromium) with all seven filter
 runs, and for each system × speed × load (0 or 2 CPU-bound processes beside it, on this 2-core
 machine) measures, inside the page:
-- Pause → Play enabled (the acknowledged pause), Step → counter +1, Reset → counter 0: ms from the
+- Pause → Play enabled (the acknowledged pause), Step → counter +1, Reset → counter back: ms from the
   click to the page showing the answer (median and worst of --repeats tries);
 - frames drawn per second (frames the browser acknowledged after painting) and cycles per second;
 - bytes per frame received on the websocket (all messages while playing / frames drawn).
