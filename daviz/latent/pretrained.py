@@ -13,7 +13,6 @@ cached per file (thread-safe) and shared read-only: the filter runs on a numpy c
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..mnmef import checkpoint as ckpt
 from ..mnmef.checkpoint import CheckpointError, shown
 from ..systems import SYSTEM_NAMES, System, get_system
 from .filter import LatentEnSF
@@ -56,14 +56,8 @@ def save(path, model: CoupledVAE, system: System, sigma_y: float, meta: dict) ->
     payload = {"format": FORMAT, "system": system.name, "sigma_y": float(sigma_y),
                "obs_idx": [int(i) for i in system.obs_idx], "config": model.config.to_dict(),
                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    side = path.with_suffix(".json")
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, side)
+    ckpt.atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    ckpt.write_meta(path, meta)
 
 
 def _field_problem(data: dict) -> str | None:
@@ -89,21 +83,8 @@ def _field_problem(data: dict) -> str | None:
 
 
 def read_meta(path) -> dict:
-    """The JSON sidecar next to `path` (a JSON object), or {} when there is none."""
-    side = Path(path).with_suffix(".json")
-    if not side.is_file():
-        return {}
-    try:
-        meta = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"Latent-EnSF sidecar {shown(side)} is not valid JSON ({type(exc).__name__}): restore "
-                              "it or train the VAE again", side) from None
-    except OSError as exc:
-        raise CheckpointError(f"Latent-EnSF sidecar {shown(side)} cannot be read ({exc.strerror})", side) from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"Latent-EnSF sidecar {shown(side)} holds a JSON {type(meta).__name__}, not an object: "
-                              "restore it or train the VAE again", side)
-    return meta
+    """The weights' JSON sidecar ({} when there is none; a broken one: CheckpointError)."""
+    return ckpt.read_meta(path, "Latent-EnSF", "train the VAE again")
 
 
 def load(path, system: System | None = None, sigma_y: float | None = None) -> tuple[NumpyVAE, dict]:

@@ -43,19 +43,26 @@ def sidecar_path(path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """write(tmp) then rename over `path`: a crash mid-write never leaves a truncated file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+    os.replace(tmp, path)
 
 
 def save(path, payload: dict, meta: dict | None = None) -> None:
     """Write payload (tensors, numbers, strings, dicts, lists) and, if given, the JSON sidecar."""
     path = Path(path)
-    _atomic(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp))
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp))
     if meta is not None:
-        _atomic(sidecar_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+        write_meta(path, meta)
+
+
+def write_meta(path, meta: dict) -> None:
+    """The JSON sidecar next to `path` (atomic)."""
+    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
 
 
 def load(path, system: str | None = None, map_location="cpu", sigma_y: float | None = None) -> dict:
@@ -114,8 +121,9 @@ def _field_problem(data: dict) -> str | None:
     return None
 
 
-def read_meta(path) -> dict:
-    """The JSON sidecar next to `path` (a JSON object), or {} when there is none."""
+def read_meta(path, what: str = "MNMEF", redo: str = "export the weights again") -> dict:
+    """The JSON sidecar next to `path` (a JSON object), or {} when there is none; a broken one raises
+    CheckpointError naming the file, `what` it belongs to and what to do (`redo`)."""
     side = sidecar_path(path)
     if not side.is_file():
         return {}
@@ -123,15 +131,15 @@ def read_meta(path) -> dict:
     try:
         meta = json.loads(side.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"MNMEF sidecar {name} is not valid JSON ({type(exc).__name__} at position "
-                              f"{getattr(exc, 'pos', getattr(exc, 'start', '?'))}): restore it or export the weights again",
+        raise CheckpointError(f"{what} sidecar {name} is not valid JSON ({type(exc).__name__} at position "
+                              f"{getattr(exc, 'pos', getattr(exc, 'start', '?'))}): restore it or {redo}",
                               side) from None
     except OSError as exc:
-        raise CheckpointError(f"MNMEF sidecar {name} cannot be read ({exc.strerror}): check its permissions", side) from None
+        raise CheckpointError(f"{what} sidecar {name} cannot be read ({exc.strerror}): check its permissions",
+                              side) from None
     if not isinstance(meta, dict):
         kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(meta), "null")
-        raise CheckpointError(f"MNMEF sidecar {name} holds a JSON {kind}, not an object: restore it or export the "
-                              "weights again", side)
+        raise CheckpointError(f"{what} sidecar {name} holds a JSON {kind}, not an object: restore it or {redo}", side)
     return meta
 
 
@@ -181,4 +189,4 @@ def record_evaluation(path, evaluation: dict) -> None:
     if not isinstance(meta.get("evaluation", {}), dict):
         meta["evaluation"] = {}  # a malformed entry would otherwise break the update
     meta.setdefault("evaluation", {}).update(evaluation)
-    _atomic(sidecar_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))

@@ -8,7 +8,6 @@ naming the file (never its absolute path) and what to do.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..mnmef.checkpoint import CheckpointError, code_version, hardware, shown  # noqa: F401 (re-exported)
+from ..mnmef.checkpoint import CheckpointError, atomic_write, code_version, hardware, shown, sidecar_path, write_meta
+from ..mnmef.checkpoint import read_meta as ckpt_read_meta
 from ..systems import SYSTEM_NAMES
 from .nida import NIDA, NIDAConfig
 
@@ -26,21 +26,12 @@ _NAME = re.compile(r"^nida_(?P<system>[a-z0-9]+)_sigma(?P<sigma>[0-9.]+)_L(?P<L>
 _REDO = "delete it and train it again with `python -m daviz.variational.nida_train`"
 _cache: dict = {}
 _lock = threading.Lock()
-
-
-def sidecar_path(path) -> Path:
-    return Path(path).with_suffix(".json")
+__all__ = ["FORMAT", "PRETRAINED_DIR", "CheckpointError", "available", "code_version", "hardware", "load",
+           "load_pretrained", "read_meta", "record_evaluation", "save", "sidecar_path", "weights_name", "write_meta"]
 
 
 def weights_name(system: str, sigma_y: float, window: int) -> str:
     return f"nida_{system}_sigma{float(sigma_y)}_L{int(window)}.pt"
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def save(path, model: NIDA, meta: dict | None = None, extra: dict | None = None) -> None:
@@ -49,28 +40,14 @@ def save(path, model: NIDA, meta: dict | None = None, extra: dict | None = None)
     payload = {"format": FORMAT, "system": model.system.name, "sigma_y": model.sigma_y,
                "config": model.config.as_dict(), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                **(extra or {})}
-    _atomic(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     if meta is not None:
         write_meta(path, meta)
 
 
-def write_meta(path, meta: dict) -> None:
-    _atomic(sidecar_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
-
-
 def read_meta(path) -> dict:
-    side = sidecar_path(path)
-    if not side.is_file():
-        return {}
-    try:
-        meta = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"NIDA sidecar {shown(side)} is not valid JSON ({type(exc).__name__}): restore it or "
-                              "train the weights again", side) from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"NIDA sidecar {shown(side)} is not a JSON object: restore it or train the weights again",
-                              side)
-    return meta
+    """The weights' JSON sidecar ({} when there is none; a broken one: CheckpointError)."""
+    return ckpt_read_meta(path, "NIDA", "train the weights again")
 
 
 def load(path, system: str | None = None, sigma_y: float | None = None) -> tuple[NIDA, dict]:
