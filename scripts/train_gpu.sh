@@ -12,7 +12,7 @@
 #
 # --toy: the same code at CI size on the CPU (CUDA features off), well under a minute (tests/test_mnmef_gpu_script.py).
 # --wheels DIR: install the Python packages the GPU machine lacks, offline, from wheel files in DIR first.
-#   Needed there: array-api-compat (every other import -- numpy, scipy, torch, tqdm -- is in its image).
+#   Needed there: array-api-compat (every other import -- numpy, torch, tqdm -- is in its image).
 #   Build DIR on a machine with internet (repository root; .whl/ kept out of git):
 #     echo /.whl/ >> .git/info/exclude
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

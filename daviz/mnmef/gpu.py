@@ -46,7 +46,7 @@ PART_BYTES = 15 * 2**20          # each returned file < 16 MiB
 MAX_FILES = 8
 BUNDLE = "daviz_gpu_bundle.tgz"
 TOY_MODEL = {"feature_dim": 8, "width": 8, "heads": 2, "seeds": 2, "head_width": 8}  # a few thousand weights
-REQUIRED = ("numpy", "scipy", "torch", "array_api_compat", "tqdm")  # what training and evaluation import
+REQUIRED = ("numpy", "torch", "array_api_compat", "tqdm")  # what training and evaluation import
 
 
 def stem(system: str, sigma_y: float) -> str:
