@@ -219,6 +219,7 @@ def cmd_evaluate(args) -> list[dict]:
     if args.json:
         check_output(args.json, "--json")
     system = get_system(args.system)
+    args.cycles = args.cycles or system.test_cycles
     for N in args.N:
         check_memory(system, N, args.trajectories, [_kind(n) for n in args.filters])
     plan = []
@@ -352,7 +353,8 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     common(ev)
     ev.add_argument("--filters", type=filter_list, default=list(FILTER_NAMES))
     ev.add_argument("--trajectories", type=positive_int, default=64)
-    ev.add_argument("--cycles", type=positive_int, default=1500)
+    ev.add_argument("--cycles", type=positive_int, help="cycles per trajectory (default: the paper's test length, "
+                                                        "1500; KS 2000)")
     ev.add_argument("--inflation", type=inflation_value, help="override the tuned inflation")
     ev.add_argument("--radius", type=radius_value, help="override the tuned radius (0 or inf: no localization)")
     ev.add_argument("--json", help="write the results as a JSON list (strict JSON: NaN, e.g. the R-RMSE of a filter "
@@ -364,10 +366,11 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     common(tu, ",".join(map(str, PAPER_N)))
     tu.add_argument("--filter", choices=FILTER_NAMES + ("ensf",), default="letkf")
     tu.add_argument("--trajectories", type=int, default=16, help="final round: trajectories per point")
-    tu.add_argument("--cycles", type=int, default=1000, help="final round: cycles per trajectory")
+    tu.add_argument("--cycles", type=int, help="final round: cycles per trajectory (default: the test length, "
+                                               "1500; KS 2000: rare losses of track need the full length to show)")
     tu.add_argument("--rounds", help="earlier rounds as TRAJxCYCLES list, e.g. 4x250,8x500 (first: every point)")
     tu.add_argument("--keep", type=float, help="each round keeps the best 1/keep of the points (default 3)")
-    tu.add_argument("--finalists", type=int, help="points that reach the final round (default 3)")
+    tu.add_argument("--finalists", type=int, help="points that reach the final round (default 6)")
     tu.add_argument("--no-refine", action="store_true", help="skip the finer grid around the optimum")
     tu.add_argument("--inflations", type=float_list)
     tu.add_argument("--radii", type=float_list)

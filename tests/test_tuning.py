@@ -7,6 +7,7 @@ import pytest
 
 from daviz import cli, tuning
 from daviz.experiment import TwinExperiment
+from daviz.systems import get_system
 from daviz.tuning import (METHOD, assess, evaluate_points, grid_for, is_current, is_tuned, is_untunable,
                           lost_track_level,
                           parse_rounds, ranking, refined_points, save_tuned, successive_halving, tune_many,
@@ -47,7 +48,7 @@ def test_halving_keeps_the_true_best_and_refines_to_it():
     assert len(calls[0][0]) == len(coarse)  # round 1: every grid point
     assert len(calls[1][0]) == int(np.ceil(len(coarse) / 3))  # round 2: the best third
     assert (1.07, 5.0) in calls[2][0] and (1.05, 4.5) in calls[2][0]  # refinement: finer inflation and radius
-    assert calls[-1][1:3] == FINAL and len(calls[-1][0]) == 3
+    assert calls[-1][1:3] == FINAL and len(calls[-1][0]) == tuning.DEFAULT_FINALISTS == 6
     assert len({c[3] for c in calls}) == len(calls)  # every round on fresh trajectories
 
 
@@ -112,13 +113,24 @@ def test_budget_is_recorded_and_tables_stay_readable(tmp_path):
                     directory=tmp_path, log=quiet)
     entry = json.loads((tmp_path / "l63_enkf.json").read_text())["1.0"]["5"]
     assert entry["method"] == METHOD and (entry["trajectories"], entry["cycles"]) == final
-    assert entry["lost_window"] == 100 and is_current("l63", "enkf", 5, 1.0, tmp_path)
+    # A final round shorter than the test trajectories is not what --skip-existing keeps; one as long is.
+    assert entry["lost_window"] == 100 and not is_current("l63", "enkf", 5, 1.0, tmp_path)
+    save_tuned("l63", "enkf", 10, 1.0, 1.05, None, 0.05, {**entry, "cycles": get_system("l63").test_cycles},
+               directory=tmp_path)
+    assert is_current("l63", "enkf", 10, 1.0, tmp_path)
     assert [(r["trajectories"], r["cycles"]) for r in entry["rounds"]] == [*rounds, final]
     assert entry["trajectory_cycles"] == sum(r["points"] * r["trajectories"] * r["cycles"] for r in entry["rounds"])
     assert entry["grid_points"] > 3 and entry["cpu_seconds"] > 0 and entry["lost"] == 0
     assert 0 < entry["rrmse"] < 0.2 and entry["rrmse"] == out[0]["rrmse"]
     params = tuned_params("l63", "enkf", 5, 1.0, directory=tmp_path)
     assert params["inflation"] == entry["inflation"] and params["radius"] is None
+
+
+
+def test_the_final_round_is_as_long_as_the_test_trajectories_unless_told():
+    # Rare losses of track only show on runs as long as the test ones (KS 2000 cycles, the others 1500).
+    assert tuning.final_budget("ks") == (16, 2000) and tuning.final_budget("l96") == (16, 1500)
+    assert tuning.final_budget("l96", (8, None)) == (8, 1500) and tuning.final_budget("l63", (3, 40)) == (3, 40)
 
 
 def test_skip_existing_redoes_entries_of_the_old_grid_search(tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ class System:
     model_noise_std: float = 0.0  # sigma_v; 0 for the nonlinear systems, as in the paper's runs
     init_ensemble_std: float = 1.0  # initial ensemble N(v0†, std² I), App. C.3
     burn_in: tuple[int, int] = (1000, 2000)  # random burn-in length range, in observation steps
+    test_cycles: int = 1500  # length of the paper's test trajectories (L96, L63 1500; KS 2000)
     # What the tools need to know per system lives here, not in per-system tables of each tool:
     train_lr: float = 1e-3  # MNMEF pretraining learning rate and batch size (Table C.8)
     train_batch: int = 512

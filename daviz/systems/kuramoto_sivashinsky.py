@@ -105,7 +105,7 @@ class KuramotoSivashinsky(System):
 def make_kuramoto_sivashinsky(dim: int = 128, obs_every: int = 8) -> KuramotoSivashinsky:
     return KuramotoSivashinsky(
         name="ks", title="Kuramoto–Sivashinsky", dim=dim, obs_idx=np.arange(0, dim, obs_every),
-        dt_obs=1.0, substeps=4, clamp=10.0, periodic=True,
+        dt_obs=1.0, substeps=4, clamp=10.0, periodic=True, test_cycles=2000,
         train_lr=5e-4, train_batch=256, radius_grid=(1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0), fallback_radius=4.0,
         radius_bounds=(0.5, 40.0), field_limits=(-3.0, 3.0), error_limit=1.5,
     )
