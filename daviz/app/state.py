@@ -91,6 +91,11 @@ class ExplorerState(param.Parameterized):
             self.apply_preset(self.preset)
         else:
             self._apply_tuned_defaults()
+            # Modes and slider values the caller gave explicitly win over the tuned defaults.
+            chosen = {k: params[k] for k in ("localization", "radius", "inflation_mode", "inflation") if k in params}
+            if chosen:
+                with self._quietly():
+                    self.param.update(**chosen)
             self.restart()
 
     # ------------------------------------------------------------------ configuration helpers
