@@ -329,13 +329,33 @@ def is_untunable(system_name, filter_name, N, sigma_y, directory: Path = TUNED_D
 
 
 def save_untunable(system_name, filter_name, N, sigma_y, meta: dict, directory: Path = TUNED_DIR) -> Path:
-    """Record in untunable.json that every candidate diverged (with the budget that showed it)."""
+    """Record in untunable.json that every candidate diverged (with the budget that showed it), and drop any
+    older setting for (N, sigma_y) from the tuned table: a setting this search saw diverge is not kept."""
     path = Path(directory) / UNTUNABLE
     table = json.loads(path.read_text()) if path.exists() else {}
     table.setdefault(f"{system_name}_{filter_name}", {}).setdefault(f"{float(sigma_y)}", {})[str(int(N))] = meta
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(table, indent=1, sort_keys=True))
+    _drop_entry(table_path(system_name, filter_name, directory), [f"{float(sigma_y)}", str(int(N))])
     return path
+
+
+def _drop_entry(path: Path, keys: list[str]) -> None:
+    """Remove table[keys[0]][keys[1]]... from a JSON table file, and the containers it leaves empty."""
+    if not path.exists():
+        return
+    table = json.loads(path.read_text())
+    chain = [table]
+    for k in keys[:-1]:
+        if k not in chain[-1]:
+            return
+        chain.append(chain[-1][k])
+    if chain[-1].pop(keys[-1], None) is None:
+        return
+    for parent, k in zip(reversed(chain[:-1]), reversed(keys[:-1])):
+        if not parent[k]:
+            del parent[k]
+    path.write_text(json.dumps(table, indent=1, sort_keys=True))
 
 
 def save_tuned(system_name, filter_name, N, sigma_y, inflation, radius, rrmse, meta: dict,
@@ -348,6 +368,8 @@ def save_tuned(system_name, filter_name, N, sigma_y, inflation, radius, rrmse, m
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(table, indent=1, sort_keys=True))
+    # A search that now finds a setting supersedes an earlier "every candidate diverged".
+    _drop_entry(Path(directory) / UNTUNABLE, [f"{system_name}_{filter_name}", f"{float(sigma_y)}", str(int(N))])
     return path
 
 

@@ -133,6 +133,17 @@ def test_the_final_round_is_as_long_as_the_test_trajectories_unless_told():
     assert tuning.final_budget("l96", (8, None)) == (8, 1500) and tuning.final_budget("l63", (3, 40)) == (3, 40)
 
 
+
+def test_an_untunable_setting_replaces_the_old_entry_and_a_later_success_replaces_it(tmp_path):
+    save_tuned("l96", "esrf", 20, 1.0, 1.15, None, 0.9, {"cycles": 300}, directory=tmp_path)
+    save_tuned("l96", "esrf", 40, 1.0, 1.1, None, 0.5, {"cycles": 1500}, directory=tmp_path)
+    tuning.save_untunable("l96", "esrf", 20, 1.0, {"cycles": 1500}, directory=tmp_path)
+    table = json.loads((tmp_path / "l96_esrf.json").read_text())
+    assert list(table["1.0"]) == ["40"] and is_untunable("l96", "esrf", 20, 1.0, tmp_path)
+    save_tuned("l96", "esrf", 20, 1.0, 1.3, None, 0.8, {"cycles": 1500}, directory=tmp_path)
+    assert not is_untunable("l96", "esrf", 20, 1.0, tmp_path) and is_tuned("l96", "esrf", 20, 1.0, tmp_path)
+
+
 def test_skip_existing_redoes_entries_of_the_old_grid_search(tmp_path, monkeypatch):
     save_tuned("l63", "esrf", 5, 1.0, 1.05, None, 0.05, {"trajectories": 4, "cycles": 200}, directory=tmp_path)
     assert is_tuned("l63", "esrf", 5, 1.0, tmp_path) and not is_current("l63", "esrf", 5, 1.0, tmp_path)
