@@ -323,8 +323,7 @@ def is_current(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR
 
 def is_untunable(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR) -> bool:
     """Whether a search already found every candidate diverging at this (N, sigma_y)."""
-    path = Path(directory) / UNTUNABLE
-    table = json.loads(path.read_text()) if path.exists() else {}
+    table = _read_table(Path(directory) / UNTUNABLE)
     return str(int(N)) in table.get(f"{system_name}_{filter_name}", {}).get(f"{float(sigma_y)}", {})
 
 
@@ -332,20 +331,17 @@ def save_untunable(system_name, filter_name, N, sigma_y, meta: dict, directory: 
     """Record in untunable.json that every candidate diverged (with the budget that showed it), and drop any
     older setting for (N, sigma_y) from the tuned table: a setting this search saw diverge is not kept."""
     path = Path(directory) / UNTUNABLE
-    table = json.loads(path.read_text()) if path.exists() else {}
+    table = _read_table(path)
     table.setdefault(f"{system_name}_{filter_name}", {}).setdefault(f"{float(sigma_y)}", {})[str(int(N))] = meta
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(table, indent=1, sort_keys=True))
+    _write_table(path, table)
     _drop_entry(table_path(system_name, filter_name, directory), [f"{float(sigma_y)}", str(int(N))])
     return path
 
 
 def _drop_entry(path: Path, keys: list[str]) -> None:
     """Remove table[keys[0]][keys[1]]... from a JSON table file, and the containers it leaves empty."""
-    if not path.exists():
-        return
-    table = json.loads(path.read_text())
-    chain = [table]
+    table = _read_table(path)
+    chain = [table]  # the containers along `keys`, outermost first
     for k in keys[:-1]:
         if k not in chain[-1]:
             return
@@ -355,19 +351,27 @@ def _drop_entry(path: Path, keys: list[str]) -> None:
     for parent, k in zip(reversed(chain[:-1]), reversed(keys[:-1])):
         if not parent[k]:
             del parent[k]
+    _write_table(path, table)
+
+
+def _read_table(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_table(path: Path, table: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(table, indent=1, sort_keys=True))
 
 
 def save_tuned(system_name, filter_name, N, sigma_y, inflation, radius, rrmse, meta: dict,
                directory: Path = TUNED_DIR) -> Path:
     path = table_path(system_name, filter_name, directory)
-    table = json.loads(path.read_text()) if path.exists() else {}
+    table = _read_table(path)
     table.setdefault(f"{float(sigma_y)}", {})[str(int(N))] = {
         "inflation": float(inflation), "radius": None if radius is None else float(radius),
         "rrmse": float(rrmse), **meta,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(table, indent=1, sort_keys=True))
+    _write_table(path, table)
     # A search that now finds a setting supersedes an earlier "every candidate diverged".
     _drop_entry(Path(directory) / UNTUNABLE, [f"{system_name}_{filter_name}", f"{float(sigma_y)}", str(int(N))])
     return path

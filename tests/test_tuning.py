@@ -126,12 +126,10 @@ def test_budget_is_recorded_and_tables_stay_readable(tmp_path):
     assert params["inflation"] == entry["inflation"] and params["radius"] is None
 
 
-
 def test_the_final_round_is_as_long_as_the_test_trajectories_unless_told():
     # Rare losses of track only show on runs as long as the test ones (KS 2000 cycles, the others 1500).
     assert tuning.final_budget("ks") == (16, 2000) and tuning.final_budget("l96") == (16, 1500)
     assert tuning.final_budget("l96", (8, None)) == (8, 1500) and tuning.final_budget("l63", (3, 40)) == (3, 40)
-
 
 
 def test_an_untunable_setting_replaces_the_old_entry_and_a_later_success_replaces_it(tmp_path):
