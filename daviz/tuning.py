@@ -24,12 +24,14 @@ daviz/tuned/untunable.json instead.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from itertools import product
 from pathlib import Path
 
@@ -331,10 +333,11 @@ def save_untunable(system_name, filter_name, N, sigma_y, meta: dict, directory: 
     """Record in untunable.json that every candidate diverged (with the budget that showed it), and drop any
     older setting for (N, sigma_y) from the tuned table: a setting this search saw diverge is not kept."""
     path = Path(directory) / UNTUNABLE
-    table = _read_table(path)
-    table.setdefault(f"{system_name}_{filter_name}", {}).setdefault(f"{float(sigma_y)}", {})[str(int(N))] = meta
-    _write_table(path, table)
-    _drop_entry(table_path(system_name, filter_name, directory), [f"{float(sigma_y)}", str(int(N))])
+    with _tables_locked(directory):
+        table = _read_table(path)
+        table.setdefault(f"{system_name}_{filter_name}", {}).setdefault(f"{float(sigma_y)}", {})[str(int(N))] = meta
+        _write_table(path, table)
+        _drop_entry(table_path(system_name, filter_name, directory), [f"{float(sigma_y)}", str(int(N))])
     return path
 
 
@@ -354,26 +357,43 @@ def _drop_entry(path: Path, keys: list[str]) -> None:
     _write_table(path, table)
 
 
+@contextmanager
+def _tables_locked(directory: Path):
+    """Hold an exclusive lock on the table directory for one read-modify-write: tuners of different tables
+    run side by side, and all of them may edit untunable.json."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _read_table(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _write_table(path: Path, table: dict) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a table."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(table, indent=1, sort_keys=True))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def save_tuned(system_name, filter_name, N, sigma_y, inflation, radius, rrmse, meta: dict,
                directory: Path = TUNED_DIR) -> Path:
     path = table_path(system_name, filter_name, directory)
-    table = _read_table(path)
-    table.setdefault(f"{float(sigma_y)}", {})[str(int(N))] = {
-        "inflation": float(inflation), "radius": None if radius is None else float(radius),
-        "rrmse": float(rrmse), **meta,
-    }
-    _write_table(path, table)
-    # A search that now finds a setting supersedes an earlier "every candidate diverged".
-    _drop_entry(Path(directory) / UNTUNABLE, [f"{system_name}_{filter_name}", f"{float(sigma_y)}", str(int(N))])
+    with _tables_locked(directory):
+        table = _read_table(path)
+        table.setdefault(f"{float(sigma_y)}", {})[str(int(N))] = {
+            "inflation": float(inflation), "radius": None if radius is None else float(radius),
+            "rrmse": float(rrmse), **meta,
+        }
+        _write_table(path, table)
+        # A search that now finds a setting supersedes an earlier "every candidate diverged".
+        _drop_entry(Path(directory) / UNTUNABLE, [f"{system_name}_{filter_name}", f"{float(sigma_y)}", str(int(N))])
     return path
 
 

@@ -142,6 +142,27 @@ def test_an_untunable_setting_replaces_the_old_entry_and_a_later_success_replace
     assert not is_untunable("l96", "esrf", 20, 1.0, tmp_path) and is_tuned("l96", "esrf", 20, 1.0, tmp_path)
 
 
+def _record_many(directory, filter_name, count):
+    for n in range(2, 2 + count):
+        tuning.save_untunable("l96", filter_name, n, 1.0, {"cycles": 1}, directory=directory)
+
+
+def test_two_tuners_side_by_side_keep_every_untunable_record(tmp_path):
+    """Tuners of different tables share untunable.json: its read-modify-write is locked, so no record is lost."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    jobs = [ctx.Process(target=_record_many, args=(tmp_path, name, 60)) for name in ("esrf", "ienkf")]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    assert [job.exitcode for job in jobs] == [0, 0]
+    table = json.loads((tmp_path / tuning.UNTUNABLE).read_text())
+    assert {name: len(table[f"l96_{name}"]["1.0"]) for name in ("esrf", "ienkf")} == {"esrf": 60, "ienkf": 60}
+    assert not list(tmp_path.glob(".*.tmp"))  # every write renamed its temporary file into place
+
+
 def test_skip_existing_redoes_entries_of_the_old_grid_search(tmp_path, monkeypatch):
     save_tuned("l63", "esrf", 5, 1.0, 1.05, None, 0.05, {"trajectories": 4, "cycles": 200}, directory=tmp_path)
     assert is_tuned("l63", "esrf", 5, 1.0, tmp_path) and not is_current("l63", "esrf", 5, 1.0, tmp_path)
