@@ -10,10 +10,10 @@
 # One process by default (WORKERS=2 uses both cores). Or run its two halves side by side, one per core
 # (table writes are locked, so the shared untunable.json stays whole):
 #   nohup nice -n 10 scripts/tune_all.sh classic >> results/tune_log.txt 2>&1 &
-#   nohup nice -n 10 scripts/tune_all.sh ienkf >> results/tune_log_ienkf.txt 2>&1 & Order: L96 LETKF (sigma_y=0.7 is the acceptance
-# check), the cheaper L96 and L63 tables, then KS (corrected zero-mean system; its LETKF, EnKF and ESRF
-# entries were already re-tuned with a 16 x 1000 final), the global IEnKF last: 11 forecasts a cycle make
-# it the most expensive part.
+#   nohup nice -n 10 scripts/tune_all.sh ienkf >> results/tune_log_ienkf.txt 2>&1 &
+# "classic": L96 LETKF (sigma_y=0.7 is the fidelity issue's acceptance check), the cheaper L96 and L63
+# tables, then KS LETKF/EnKF/ESRF. "ienkf": the global IEnKF on L63, L96, KS; up to 11 forecasts a cycle
+# make it as expensive as the whole other half.
 set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 W=${WORKERS:-1}
