@@ -18,7 +18,9 @@ def test_report(tmp_path):
     (res / "b.json").write_text(json.dumps([row("letkf", 20, 0.36), row("mnmef-finetuned", 20, 0.45),
                                             row("letkf", 10, 0.99, traj=4)]))  # smaller budget: loses
     (res / "old.json").write_text(json.dumps([row("letkf", 10, 0.01)]))
-    (res / "superseded.json").write_text(json.dumps({"old.json": "wrong system"}))
+    (res / "mixed.json").write_text(json.dumps([row("esrf", 20, 0.9, traj=128), row("enkf", 20, 0.5)]))
+    (res / "superseded.json").write_text(json.dumps({"old.json": "wrong system",
+                                                     "mixed.json": {"reason": "untunable now", "rows": [["esrf", 20]]}}))
     assert report.main(["--results", str(res), "--out", str(tmp_path / "r")]) == 0
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     rows = data["l96_s1.0"]["rows"]
@@ -26,6 +28,7 @@ def test_report(tmp_path):
     imp = data["l96_s1.0"]["relative_improvement"]
     assert abs(imp["mnmef-finetuned|letkf|10"] - 0.2) < 1e-12 and imp["mnmef-finetuned|letkf|20"] < 0
     assert any("old.json" in n for n in data["notes"])
+    assert "esrf|20" not in rows and rows["enkf|20"]["rrmse_mean"] == 0.5  # only the withdrawn row is dropped
     md = (tmp_path / "r" / "tables.md").read_text()
     assert "**0.4000 ± 0.0100**" in md and "+20.0 %" in md
     assert (tmp_path / "r" / "rrmse_l96_s1.0.png").stat().st_size > 0

@@ -4,7 +4,8 @@
 
 Reads every `daviz evaluate --json` file in --results (lists of rows: system, filter, N, sigma_y,
 trajectories, cycles, rrmse_mean, rrmse_std, diverged), except those named in results/superseded.json
-({file: reason}, e.g. runs on a system definition since corrected). Where several rows give the same
+({file: reason}, e.g. runs on a system definition since corrected; or {file: {"reason": ..., "rows":
+[[filter, N], ...]}} to drop only those rows, e.g. a baseline setting a re-tune has since withdrawn). Where several rows give the same
 (system, sigma_y, filter, N), the one with the most trajectory-cycles wins (ties: the newer file).
 Writes, for every (system, sigma_y):
   tables.md                      R-RMSE mean ± std (eqs. 5.3, 5.8) by N and filter, the best per N in bold,
@@ -39,8 +40,13 @@ def load_rows(results: Path) -> tuple[dict, list[str]]:
     superseded = json.loads(superseded_file.read_text()) if superseded_file.is_file() else {}
     best, notes = {}, []
     for f in sorted(results.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name)):
-        if f.name in superseded:
-            notes.append(f"skipped {f.name}: {superseded[f.name]}")
+        entry = superseded.get(f.name)
+        dropped = set()
+        if isinstance(entry, dict):
+            dropped = {(filt, int(N)) for filt, N in entry.get("rows", [])}
+            notes.append(f"skipped rows {sorted(dropped)} of {f.name}: {entry.get('reason', '')}")
+        elif entry is not None:
+            notes.append(f"skipped {f.name}: {entry}")
             continue
         try:
             rows = json.loads(f.read_text())
@@ -53,6 +59,8 @@ def load_rows(results: Path) -> tuple[dict, list[str]]:
             if not isinstance(r, dict) or not {"system", "filter", "N", "sigma_y", "rrmse_mean"} <= set(r):
                 continue
             if r["rrmse_mean"] is None or not math.isfinite(float(r["rrmse_mean"])):
+                continue
+            if (r["filter"], int(r["N"])) in dropped:
                 continue
             key = (r["system"], float(r["sigma_y"]), r["filter"], int(r["N"]))
             budget = int(r.get("trajectories", 0)) * int(r.get("cycles", 0))
