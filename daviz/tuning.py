@@ -304,10 +304,8 @@ def table_path(system_name: str, filter_name: str, directory: Path = TUNED_DIR) 
 
 def is_tuned(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR, method: str | None = None) -> bool:
     """Whether the table has an entry for (N, sigma_y); with `method`, only one made by that method."""
-    path = table_path(system_name, filter_name, directory)
-    if not path.exists():
-        return False
-    entry = json.loads(path.read_text()).get(f"{float(sigma_y)}", {}).get(str(int(N)))
+    table = _read_table(table_path(system_name, filter_name, directory))
+    entry = table.get(f"{float(sigma_y)}", {}).get(str(int(N)))
     return entry is not None and (method is None or entry.get("method") == method)
 
 
@@ -315,10 +313,8 @@ def is_current(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR
     """Whether the entry was made by this tuner: successive halving with the windowed lost-track test and a
     final round as long as the test trajectories (entries of the older grid search, of halving that only
     looked at whole-run R-RMSE, or with a shorter final round are not)."""
-    path = table_path(system_name, filter_name, directory)
-    if not path.exists():
-        return False
-    entry = json.loads(path.read_text()).get(f"{float(sigma_y)}", {}).get(str(int(N)), {})
+    table = _read_table(table_path(system_name, filter_name, directory))
+    entry = table.get(f"{float(sigma_y)}", {}).get(str(int(N)), {})
     return (entry.get("method") == METHOD and entry.get("lost_window") == LOST_TRACK_WINDOW
             and entry.get("cycles", 0) >= get_system(system_name).test_cycles)
 

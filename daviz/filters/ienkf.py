@@ -30,11 +30,13 @@ class IEnKF(EnsembleFilter):
         if max_iter < 1 or tol <= 0:
             raise ValueError(f"need max_iter >= 1 and tol > 0, got {max_iter}, {tol}")
         self.max_iter, self.tol = int(max_iter), float(tol)
+        self.forecasts = 0  # ensemble forecasts made so far, one per trajectory and iteration: the filter's cost
 
     def _smoothed(self, x0, X0, w, T):
         return x0 + w[:, None, :] @ X0 + T @ X0
 
     def _forecast(self, E, noise):
+        self.forecasts += len(E)
         Ef = step_in_chunks(self.system, E)
         return Ef if noise is None else Ef + noise
 

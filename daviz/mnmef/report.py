@@ -5,8 +5,9 @@
 Reads every `daviz evaluate --json` file in --results (lists of rows: system, filter, N, sigma_y,
 trajectories, cycles, rrmse_mean, rrmse_std, diverged), except those named in results/superseded.json
 ({file: reason}, e.g. runs on a system definition since corrected; or {file: {"reason": ..., "rows":
-[[filter, N], ...]}} to drop only those rows, e.g. a baseline setting a re-tune has since withdrawn). Where several rows give the same
-(system, sigma_y, filter, N), the one with the most trajectory-cycles wins (ties: the newer file).
+[[filter, N], ...]}} to drop only those rows, e.g. a baseline setting a re-tune has since withdrawn).
+Where several rows give the same (system, sigma_y, filter, N), the one with the most trajectory-cycles
+wins (ties: the newer file).
 Writes, for every (system, sigma_y):
   tables.md                      R-RMSE mean ± std (eqs. 5.3, 5.8) by N and filter, the best per N in bold,
                                  and the relative improvement (5.4) of MNMEF over each tuned baseline;
