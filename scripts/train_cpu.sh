@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU recipes that produced the shipped weights in pretrained/ (no GPU was lent to this project).
-# Usage: scripts/train_cpu.sh pretrain SYSTEM SIGMA EPOCHS BATCH   |   scripts/train_cpu.sh finetune SYSTEM SIGMA N [EPOCHS]
+# Usage: scripts/train_cpu.sh warm SYSTEM SIGMA SECONDS   |   scripts/train_cpu.sh pretrain SYSTEM SIGMA EPOCHS BATCH   |   scripts/train_cpu.sh finetune SYSTEM SIGMA N [EPOCHS]
 #        scripts/train_cpu.sh wsd SYSTEM SIGMA UNTIL_STEP     (the short-budget recipe, below)
 # wsd: the recipe the learning curve (scripts/learning_curve.py, results/mnmef_learning_curve_l96_s1.0.json)
 # found as good as the others at equal steps, and resumable: 2048 windows x 60 cycles, batch 64, Table C.8 LR,
@@ -14,10 +14,25 @@
 # The fixed settings of each mode are the shipped recipe files daviz/mnmef/recipes/cpu-{wsd,pretrain,finetune}.toml
 # (`daviz train --recipe NAME`; flags override them); the script adds what its arguments choose. A fine-tune
 # takes the model (g = 2·sigmoid) from the pretrained checkpoint.
+#
+# warm SYSTEM SIGMA SECONDS: the warm-started pretraining (issue 20; recipe daviz/mnmef/recipes/cpu-warm.toml),
+# for SECONDS of wall time on one thread. Its resumable trunk lives in pretrained/train_state/ (committed, so the
+# next session continues it exactly); the run ends with a branch decayed from the trunk, which replaces the
+# shipped pretrained/SYSTEM_sigmaSIGMA_N10.pt only if it scores better on the tune set (daviz.mnmef.promote).
 set -euo pipefail
 mode=$1 sys=$2 sy=$3
 mkdir -p runs pretrained
-if [ "$mode" = wsd ]; then
+if [ "$mode" = warm ]; then
+  seconds=$4
+  trunk="pretrained/train_state/${sys}_s${sy}_N10_warm.pt"
+  rm -f "${trunk%.pt}_decayed.pt" "${trunk%.pt}_decayed.json"  # a stale branch must not be promoted
+  daviz train --recipe cpu-warm --system "$sys" --sigma-y "$sy" --budget-seconds "$seconds" --threads 1 \
+    --checkpoint-minutes 5 --no-progress --out "$trunk" --resume \
+    --note "CPU warm-started pretraining (scripts/train_cpu.sh warm; recipe cpu-warm), spread over sessions"
+  cand="${trunk%.pt}_decayed.pt"
+  [ -f "$cand" ] || cand=$trunk
+  python -m daviz.mnmef.promote --candidate "$cand" --shipped "pretrained/${sys}_sigma${sy}_N10.pt"
+elif [ "$mode" = wsd ]; then
   until=$4
   note="CPU short recipe (no GPU lent), wsd: 2048 windows x 60 cycles, batch 64, Table C.8 LR, 20 warm-up steps, constant LR, cosine decay over the last 20% to step $until (a decayed branch of the resumable trunk runs/${sys}_s${sy}_N10_wsd.pt), AdamW weight decay 1e-2, g = 2·softmax; the full Table C.8 recipe is 8192 x 60 for 1000 epochs"
   daviz train --recipe cpu-wsd --system "$sys" --sigma-y "$sy" \

@@ -26,7 +26,7 @@ class Setting:
     """One training setting: its TrainConfig field (or, under `model`, ModelConfig field), flag and type."""
     name: str
     flag: str
-    type: type            # int, float or str; of the items when `many`
+    type: type            # int, float, str or bool; of the items when `many`
     help: str
     choices: tuple | None = None
     optional: bool = False  # None allowed (JSON null in a recipe): the library default
@@ -74,10 +74,19 @@ def command_settings(command: str) -> dict[str, Setting]:
     return {k: s for k, s in CONFIG_SETTINGS.items() if k not in skip}
 
 
+def _bool_flag(text: str) -> bool:
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def _add_config_flags(p: argparse.ArgumentParser, command: str) -> None:
     for s in list(command_settings(command).values()) + (list(MODEL_SETTINGS.values()) if command == "train" else []):
-        kw = dict(dest=s.name, default=None, help=s.help, type=s.type)
-        if s.choices:
+        kw = dict(dest=s.name, default=None, help=s.help, type=_bool_flag if s.type is bool else s.type)
+        if s.type is bool:
+            kw["metavar"] = "{true,false}"
+        elif s.choices:
             kw["choices"] = s.choices
         else:
             kw["metavar"] = s.flag[2:].upper().replace("-", "_")
@@ -104,14 +113,14 @@ def shipped_recipes() -> list[str]:
 
 def _check_value(src: str, s: Setting, value):
     """`value` of setting `s` in recipe `src` as the flag would give it (an int is a float too), else a ValueError."""
-    what = {int: "an integer", float: "a number", str: "a string"}[s.type]
+    what = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[s.type]
     if s.many:
         what = f"a list of {what.split(' ', 1)[1]}s"
 
     def one(v):
         if s.type is float and isinstance(v, int) and not isinstance(v, bool):
             return float(v)
-        if not isinstance(v, s.type) or isinstance(v, bool):
+        if not isinstance(v, s.type) or (isinstance(v, bool) and s.type is not bool):
             raise ValueError(f"recipe {src}: {s.name} must be {what}, got {value!r}")
         if s.choices and v not in s.choices:
             raise ValueError(f"recipe {src}: {s.name} must be one of {', '.join(s.choices)}, got {v!r}")

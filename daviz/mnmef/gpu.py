@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PART_BYTES = 15 * 2**20          # each returned file < 16 MiB
 MAX_FILES = 8
 BUNDLE = "daviz_gpu_bundle.tgz"
-TOY_MODEL = {"feature_dim": 8, "width": 8, "heads": 2, "seeds": 2, "head_width": 8}  # a few thousand weights
+TOY_MODEL = {"feature_dim": 8, "width": 8, "heads": 2, "seeds": 2, "head_width": 8, "loc_activation": "sigmoid"}  # a few thousand weights
 REQUIRED = ("numpy", "torch", "array_api_compat", "tqdm")  # what training and evaluation import
 
 
@@ -62,21 +62,23 @@ def pretrain_config(system: str, sigma_y: float, toy: bool):
     from .train import TrainConfig, table_c8
     if toy:
         return TrainConfig(system=system, sigma_y=sigma_y, N=10, epochs=1000, trajectories=8, cycles=4, batch_size=4,
-                           chains=4, schedule="wsd", warmup_steps=2, model=TOY_MODEL,
+                           chains=4, schedule="wsd", warmup_steps=2, model=TOY_MODEL, warm_start=True,
                            recipe_note="toy run of scripts/train_gpu.sh (CI size; not for use)")
     lr, batch = table_c8(system)
     total = 1000 * (8192 // batch)
     return TrainConfig(system=system, sigma_y=sigma_y, N=10, epochs=1000, trajectories=8192, cycles=60, batch_size=batch,
                        lr=lr, weight_decay=1e-2, schedule="wsd", warmup_steps=max(1, total // 100), decay_fraction=0.2,
+                       warm_start=True, model={"loc_activation": "sigmoid"},
                        recipe_note=("scripts/train_gpu.sh: Table C.8 data, batch and LR (8192 windows x 60 cycles, "
-                                    f"1000 epochs = {total} steps), AdamW weight decay 1e-2, wsd schedule (1% warm-up, "
+                                    f"1000 epochs = {total} steps), warm start from the tuned localized EnKF (g = "
+                                    "2·sigmoid), AdamW weight decay 1e-2, wsd schedule (1% warm-up, "
                                     "constant LR, cosine decay over the last 20%); a run cut short by its time budget "
                                     "decays a branch from its trunk (progress/schedule say where)"))
 
 
 def finetune_cfg(pretrained: Path, N: int, toy: bool):
     from .train import finetune_config
-    return finetune_config(pretrained, N, schedule="wsd", warmup_steps=0, decay_fraction=0.2, recipe_note=(
+    return finetune_config(pretrained, N, schedule="wsd", warmup_steps=0, decay_fraction=0.2, warm_start=True, recipe_note=(
         "toy fine-tune (CI size)" if toy else
         "scripts/train_gpu.sh fine-tune (paper §4.4: heads only, 4096 windows x 60, LR/10, 20 epochs, batch "
         "halved for N >= 40 and quartered for N >= 100) with a wsd schedule cut to the run's time budget"))

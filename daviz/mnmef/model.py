@@ -14,6 +14,11 @@ Paper-vs-code switches (ModelConfig), defaults in brackets:
   inflation_at ["forecast"] code: base = v + F_infl(v, f_v) on the forecast; paper Alg. 1: base = v,
                              then v_a += F_infl(v_a, f_v) after the analysis.
   cov_divisor  ["N-1"]    code (Γ·(N−1) ≡ dividing by N−1, as the EnKF does); paper eq. (4.27): 1/N.
+
+Warm start (daviz.mnmef.warm_start): two buffers, not trained, make the model start as the tuned localized
+perturbed-observation EnKF: g = 2·act(loc_prior + F_loc(f_v)), and after the analysis a fixed multiplicative
+inflation v_a ← v_a + (α − 1)(v_a − mean v_a), where the EnKF applies its own. Zero prior and α = 1 (the
+defaults, and what checkpoints from before the warm start load as) give the model above unchanged.
 """
 from __future__ import annotations
 
@@ -78,6 +83,9 @@ class MNMEF(nn.Module):
         unique, idx_vh, idx_hh = distance_lookup(system)
         self.unique_distances = unique
         self.localization = mlp(f, len(unique), w) if unique is not None else None
+        if unique is not None:
+            self.register_buffer("loc_prior", torch.zeros(len(unique)))
+        self.register_buffer("fixed_inflation", torch.ones(()))
         self.register_buffer("obs_idx", torch.as_tensor(system.obs_idx, dtype=torch.long), persistent=False)
         self._obs_slice = _as_slice(system.obs_idx)
         if unique is not None:
@@ -91,6 +99,16 @@ class MNMEF(nn.Module):
                                  persistent=False)
             self.register_buffer("onehot_hh", torch.nn.functional.one_hot(self.idx_hh.reshape(-1), n).T.float(),
                                  persistent=False)
+
+    _WARM_START_BUFFERS = {"loc_prior": 0.0, "fixed_inflation": 1.0}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before the warm start lack its buffers: they mean prior 0 and inflation 1
+        for name, value in self._WARM_START_BUFFERS.items():
+            buf = getattr(self, name, None)
+            if buf is not None and prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.full_like(buf, value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def observe(self, v):
         """h(v) for (..., d): a strided slice where the observed sites are evenly spaced (a view, whose
@@ -106,7 +124,7 @@ class MNMEF(nn.Module):
         """(B, n_unique) values of g_θ in [0, 2], or None where localization is off."""
         if self.localization is None:
             return None
-        out = self.localization(f_v)
+        out = self.localization(f_v) + self.loc_prior
         if self.config.loc_activation == "softmax":
             return 2 * softmax_last(out)
         return 2 * torch.sigmoid(out)
@@ -142,6 +160,8 @@ class MNMEF(nn.Module):
         else:
             va = v + update
             va = va + self.inflation(torch.cat([va, f_n], -1))
+        # the warm start's fixed inflation, post-analysis as in the EnKF (α = 1 adds exactly 0)
+        va = va + (self.fixed_inflation - 1) * (va - va.mean(1, keepdim=True))
         clamp = self.system.clamp
         return va.clamp(-clamp, clamp), g
 

@@ -18,6 +18,7 @@ from . import noise
 from .model import MNMEF
 
 INIT, OBS, MODEL = 0, 1, 2  # noise streams under one rollout key
+DATA_OBS = 3  # the batch's observation noise, drawn by the training step (redraw_obs_noise) under the same key
 
 
 def relative_sq_error(mean, truth):

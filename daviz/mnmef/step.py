@@ -31,6 +31,9 @@ import contextlib
 import numpy as np
 import torch
 
+from . import noise
+from .rollout import DATA_OBS
+
 MODES = ("eager", "graph", "compile", "compile+graph")
 
 
@@ -58,13 +61,15 @@ def make_optimizer(params, lr: float, weight_decay: float, device: torch.device)
 class TrainStep:
     """Callable training step over fixed-size batches drawn from device-resident training data.
 
-    truth_all (C, T, d), obs_all (C, T, p): the training chains; `set_windows(pairs)` loads one epoch's
+    truth_all (C, T, d), obs_all (C, T, p): the training chains (with `obs_noise_std`, obs_all is h(truth)
+    and each step adds its own noise, drawn from the step's key); `set_windows(pairs)` loads one epoch's
     (chain, start) pairs (trajectories, 2); `step(batch, key, lr)` trains on rows
     [batch*B_global + rank*B_local, +B_local) of them and returns the (4,) stats tensor (device).
     """
 
     def __init__(self, runner, model, opt, truth_all, obs_all, cycles: int, local_batch: int, windows: int,
-                 rank: int = 0, world: int = 1, mode: str = "eager", warmup_steps: int = 2):
+                 rank: int = 0, world: int = 1, mode: str = "eager", warmup_steps: int = 2,
+                 obs_noise_std: float | None = None):
         if mode not in MODES:
             raise ValueError(f"step mode must be one of {MODES}, got {mode!r}")
         self.runner, self.model, self.opt = runner, model, opt
@@ -76,6 +81,7 @@ class TrainStep:
             raise ValueError("graph capture is single-process only (DistributedDataParallel hooks are not captured)")
         self.world = world
         self.truth_all, self.obs_all = truth_all, obs_all
+        self.obs_noise_std = obs_noise_std
         dev = self.device
         self.local = int(local_batch)
         self.global_batch = self.local * world
@@ -106,6 +112,8 @@ class TrainStep:
         c = sel[:, :1]
         t = sel[:, 1:] + self.steps
         truth, obs = self.truth_all[c, t], self.obs_all[c, t]
+        if self.obs_noise_std is not None:  # obs_all is h(truth): fresh noise for this batch, from its key
+            obs = obs + self.obs_noise_std * noise.normal(noise.derive(self.key, DATA_OBS), obs.shape, obs.dtype)
         if self.world == 1:  # gradients accumulated cycle by cycle: one cycle's activations in memory
             losses = self.runner(truth, obs, self.key, backward_scale=1.0 / losses_count(truth))
         else:  # DistributedDataParallel reduces gradients in one backward per forward

@@ -1,8 +1,9 @@
 """MNMEF pretraining and fine-tuning (paper §4.3–4.4, App. C.4 Table C.8).
 
-Data (facts file): truth chains from the "train" random streams, observed once with fixed noise; every
-epoch cuts `trajectories` windows of `cycles` steps, each start shifted by a random offset in [0, 45),
-in a shuffled order (an incomplete last batch is dropped). All randomness of epoch e, batch b, rank k is
+Data (facts file): truth chains from the "train" random streams; every epoch cuts `trajectories` windows of
+`cycles` steps, each start shifted by a random offset in [0, 45), in a shuffled order (an incomplete last
+batch is dropped). Observation noise is drawn afresh for every batch, as the authors do (`redraw_obs_noise`;
+off: one fixed draw per chain, as the first shipped weights were trained). All randomness of epoch e, batch b, rank k is
 derived from (seed, e, b, k), and the learning rate is a pure function of the step, so a run resumed from
 a checkpoint (weights, optimizer, position) continues exactly.
 
@@ -37,6 +38,7 @@ from . import checkpoint as ckpt
 from .model import MNMEF, ModelConfig, parameter_counts
 from .rollout import RolloutLoss
 from .step import MODES, STATS, TrainStep, _is_oom, make_optimizer
+from .warm_start import set_enkf_prior, warm_start
 
 
 
@@ -89,6 +91,10 @@ class TrainConfig:
     finetune_from: str | None = _opt(None, "pretrained checkpoint", flag="from")
     model: dict = _opt(dict, "ModelConfig fields")
     recipe_note: str = _opt("", "recipe note recorded in the metadata", flag="note")
+    warm_start: bool = _opt(False, "start as the tuned localized EnKF at N (pretrain: heads zeroed; fine-tune: that N's "
+                            "localization prior and inflation swapped in; daviz.mnmef.warm_start)")
+    redraw_obs_noise: bool = _opt(True, "draw fresh observation noise for every batch (authors' code; default); "
+                                  "false: one fixed draw per truth chain")
 
     def __post_init__(self):
         lr, batch = table_c8(self.system)
@@ -219,8 +225,10 @@ def natural_decay(cfg: TrainConfig) -> tuple[int, int]:
 
 def make_data(cfg: TrainConfig):
     """Truth (C, T, d) and observations (C, T, p), float64, from the disjoint "train" streams (cached, so
-    successive fine-tunes in one process build them once: callers must not modify them)."""
-    return _data(cfg.system, float(cfg.sigma_y), cfg.trajectories, cfg.cycles, cfg.chains, cfg.seed)
+    successive fine-tunes in one process build them once: callers must not modify them). With
+    `redraw_obs_noise` the observations are noise-free, h(truth): the step adds fresh noise per batch."""
+    truth, obs = _data(cfg.system, float(cfg.sigma_y), cfg.trajectories, cfg.cycles, cfg.chains, cfg.seed)
+    return (truth, get_system(cfg.system).observe(truth)) if cfg.redraw_obs_noise else (truth, obs)
 
 
 @functools.lru_cache(maxsize=2)
@@ -309,7 +317,16 @@ def load_pretrained(path, system: str | None = None) -> tuple[dict, dict]:
 
 
 def init_model(cfg: TrainConfig) -> tuple[MNMEF, dict]:
-    """Fresh model, or the pretrained one (set transformer frozen) when fine-tuning."""
+    """Fresh model, or the pretrained one (set transformer frozen) when fine-tuning; `warm_start` makes a fresh
+    model the tuned localized EnKF at N, and gives a fine-tune that N's localization prior and inflation."""
+    model, extra = _initial_model(cfg)
+    if cfg.warm_start:
+        apply = set_enkf_prior if cfg.finetune_from else warm_start
+        extra["warm_start"] = {"kind": apply.__name__, **apply(model, cfg.N)}
+    return model, extra
+
+
+def _initial_model(cfg: TrainConfig) -> tuple[MNMEF, dict]:
     if cfg.finetune_from:
         data, meta = load_pretrained(cfg.finetune_from, system=cfg.system)
         model = ckpt.build_model(data, cfg.finetune_from)
@@ -421,7 +438,8 @@ class _Trainer:
         truth_t = torch.as_tensor(truth, dtype=torch.float32, device=self.dev)
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.dev)
         self.stepper = TrainStep(runner, self.model, self.opt, truth_t, obs_t, cfg.cycles,
-                                 cfg.batch_size // self.world, cfg.trajectories, self.rank, self.world, self.mode)
+                                 cfg.batch_size // self.world, cfg.trajectories, self.rank, self.world, self.mode,
+                                 obs_noise_std=cfg.sigma_y if cfg.redraw_obs_noise else None)
         self.pending = torch.zeros((self.sync_every, len(STATS)), dtype=torch.float32, device=self.dev)
         self.n_pending = 0
         self.skipped = 0
@@ -445,6 +463,7 @@ class _Trainer:
             "recipe_note": cfg.recipe_note, "seeds": {"seed": cfg.seed, "streams": "daviz.seeding purpose 'train'",
                                                       "rollout_noise": "daviz.mnmef.noise (counter-based)"},
             "progress": {"epoch": self.epoch, "batch": self.batch, "step": self.step,
+                         "trajectory_cycles": self.step * cfg.batch_size * cfg.cycles,
                          "total_steps": cfg.total_steps, "finished": final,
                          "recipe_complete": self.step >= cfg.total_steps,
                          "kind": "decayed branch" if self.branch is not None else "main"},

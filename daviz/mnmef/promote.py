@@ -1,0 +1,78 @@
+"""Ship trained weights only when they beat the shipped ones on the tune set (issue 20 point 5).
+
+    python -m daviz.mnmef.promote --candidate runs/l96_s1.0_N10_warm_decayed.pt \
+        --shipped pretrained/l96_sigma1.0_N10.pt [--N 10] [--trajectories 64] [--cycles 1500]
+
+Both files are scored on the same "tune" trajectories (held out from training and from README's test set;
+daviz.mnmef.quickeval). The shipped file's score is kept in its sidecar (evaluation.tune) and reused while it
+was measured the same way. The candidate replaces the shipped file (weights only, no optimizer state) when
+its mean R-RMSE is lower and no more of its trajectories diverged; its sidecar then records both scores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .quickeval import evaluate_file
+
+SAME_MEASURE = ("N", "trajectories", "cycles", "seed", "purpose")
+
+
+def _tune_score(path, N: int, trajectories: int, cycles: int, seed: int) -> dict:
+    """The file's tune-set score: from its sidecar when measured the same way, else measured now."""
+    want = {"N": N, "trajectories": trajectories, "cycles": cycles, "seed": seed, "purpose": "tune"}
+    old = (ckpt.read_meta(path).get("evaluation") or {}).get("tune")
+    if isinstance(old, dict) and all(old.get(k) == want[k] for k in SAME_MEASURE):
+        return old
+    return evaluate_file(path, N, trajectories=trajectories, cycles=cycles, seed=seed, purpose="tune")
+
+
+def promote(candidate, shipped, N: int | None = None, trajectories: int = 64, cycles: int | None = None,
+            seed: int = 0) -> dict:
+    """Score both files on the tune set; export `candidate` over `shipped` if it is better. Returns the scores
+    and whether it was promoted."""
+    data = ckpt.load(candidate)
+    from ..systems import get_system
+    N = int(N or data["N"])
+    cycles = int(cycles or get_system(data["system"]).test_cycles)
+    cand = evaluate_file(candidate, N, trajectories=trajectories, cycles=cycles, seed=seed, purpose="tune")
+    base = None
+    if Path(shipped).is_file():
+        ckpt.load(shipped, system=data["system"], sigma_y=data["sigma_y"])  # refuse another system's file
+        base = _tune_score(shipped, N, trajectories, cycles, seed)
+        ckpt.record_evaluation(shipped, {"tune": base})
+    better = base is None or (cand["rrmse_mean"] < base["rrmse_mean"] and cand["diverged"] <= base["diverged"])
+    if better:
+        ckpt.export_weights(candidate, shipped)
+        ckpt.record_evaluation(shipped, {"tune": cand, "promoted_over": base})
+    return {"candidate": cand, "shipped": base, "promoted": better}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m daviz.mnmef.promote", description=__doc__.split("\n\n")[0])
+    p.add_argument("--candidate", required=True, help="training checkpoint or weights to try")
+    p.add_argument("--shipped", required=True, help="the shipped weights file it would replace")
+    p.add_argument("--N", type=int, help="ensemble size to score at (default: the candidate's)")
+    p.add_argument("--trajectories", type=int, default=64)
+    p.add_argument("--cycles", type=int, help="default: the system's test length")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    try:
+        out = promote(a.candidate, a.shipped, a.N, a.trajectories, a.cycles)
+    except ValueError as err:
+        print(f"daviz: error: {err}", file=sys.stderr)
+        return 2
+    short = {k: (v if not isinstance(v, dict) else {kk: v[kk] for kk in ("rrmse_mean", "rrmse_std", "diverged")})
+             for k, v in out.items()}
+    print(json.dumps(short))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
