@@ -19,7 +19,7 @@ from daviz.mnmef import checkpoint as ckpt
 from daviz.mnmef import commands
 from daviz.mnmef import train as train_mod
 from daviz.mnmef.model import MNMEF, ModelConfig
-from daviz.mnmef.train import TrainConfig
+from daviz.mnmef.train import TrainConfig, finetune_config
 from daviz.systems import get_system
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,23 +279,24 @@ def test_train_cpu_pretrain_recipe_as_before(script_argv, sys_, sy, epochs, batc
     assert cfg.weight_decay == 0.0 and cfg.model["loc_activation"] == "sigmoid" and cfg.batch_size == batch
 
 
-@pytest.mark.parametrize("N,epochs,batch", [(20, None, 32), (100, 3, 16)])
-def test_train_cpu_finetune_recipe_as_before(script_argv, tmp_path, N, epochs, batch):
-    src = tmp_path / "pretrained" / "l63_sigma1.0_N10.pt"
+@pytest.mark.parametrize("sys_,pre_lr,N,batch", [("l63", 1e-3, 20, 64), ("l63", 1e-3, 40, 32), ("ks", 5e-4, 100, 16)])
+def test_train_cpu_finetune_follows_the_one_rule(script_argv, tmp_path, sys_, pre_lr, N, batch):
+    """The script's fine-tune takes size, LR and batch from finetune_config's rule (the fixed LR 1e-4 and batch
+    32/16 of the old script were a second rule, wrong for KS): half the pretraining windows, a tenth of its LR,
+    20 epochs, its batch halved at N >= 40 and quartered at N >= 100; the N's EnKF prior swapped in."""
+    src = tmp_path / "pretrained" / f"{sys_}_sigma1.0_N10.pt"
     src.parent.mkdir()
     model = ModelConfig(feature_dim=16, loc_activation="sigmoid")
-    pre = TrainConfig(system="l63", sigma_y=1.0, N=10, trajectories=2048, batch_size=64, model=model.to_dict())
+    pre = TrainConfig(system=sys_, sigma_y=1.0, N=10, trajectories=2048, batch_size=64, model=model.to_dict())
     torch.manual_seed(0)
-    ckpt.save(src, train_mod.export_payload(MNMEF(get_system("l63"), 1.0, model), pre),
-              {"recipe": {"trajectories": 2048, "batch_size": 64, "cycles": 60, "lr": 1e-3}})
-    new = script_argv("finetune", "l63", "1.0", N, *([epochs] if epochs else []))
+    ckpt.save(src, train_mod.export_payload(MNMEF(get_system(sys_), 1.0, model), pre),
+              {"recipe": {"trajectories": 2048, "batch_size": 64, "cycles": 60, "lr": pre_lr}})
+    new = script_argv("finetune", sys_, "1.0", N, 600)
+    cfg = commands.build_config(parse(new))
     note = new[new.index("--note") + 1]
-    # the old line also passed --loc-activation sigmoid, which `daviz finetune` has never accepted (argparse
-    # refused the whole command); the fine-tune takes the model from the checkpoint
-    old = ["finetune", "--from", "pretrained/l63_sigma1.0_N10.pt", "--N", str(N), "--trajectories", "1024",
-           "--batch-size", str(batch), "--epochs", str(epochs or 2), "--weight-decay", "0", "--lr", "1e-4",
-           "--threads", "1", "--checkpoint-minutes", "3", "--no-progress", "--note", note,
-           "--out", f"runs/l63_s1.0_N10_ft{N}.pt", "--resume"]
-    cfg = same_run(old, new)
-    assert (cfg.trajectories, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs) == (1024, 1e-4, 0.0, batch, epochs or 2)
-    assert cfg.model["loc_activation"] == "sigmoid" and cfg.finetune_from == "pretrained/l63_sigma1.0_N10.pt"
+    assert cfg == finetune_config(f"pretrained/{sys_}_sigma1.0_N10.pt", N, warm_start=True, schedule="wsd",
+                                  warmup_steps=50, recipe_note=note)
+    assert (cfg.trajectories, cfg.lr, cfg.batch_size, cfg.epochs) == (1024, pytest.approx(pre_lr / 10), batch, 20)
+    assert cfg.warm_start and cfg.model["loc_activation"] == "sigmoid"
+    args = parse(new)
+    assert (args.budget_seconds, args.out, args.resume) == (600, f"pretrained/train_state/{sys_}_s1.0_ft{N}.pt", True)

@@ -148,6 +148,19 @@ def test_finetune_trains_heads_only(tmp_path):
     assert changed and all(k.split(".")[0] in ("gain", "inflation", "localization") for k in changed)
 
 
+def test_finetune_does_not_resume_onto_replaced_pretrained_weights(tmp_path):
+    """A fine-tune trunk records which N=10 weights it started from; once they are replaced (a better pretrain
+    was promoted), resuming would mix two models: refused with a message that says what to do."""
+    train(TrainConfig(epochs=1, **TINY), tmp_path / "pre.pt", progress=False)
+    cfg = dict(N=9, epochs=2)
+    train(finetune_config(tmp_path / "pre.pt", **cfg), tmp_path / "ft.pt", progress=False, stop_after_batches=1)
+    train(finetune_config(tmp_path / "pre.pt", **cfg), tmp_path / "ft.pt", progress=False, resume=True,
+          stop_after_batches=1)  # same weights: resumes
+    train(TrainConfig(epochs=1, **{**TINY, "seed": 4}), tmp_path / "pre.pt", progress=False)  # replaced
+    with pytest.raises(ckpt.CheckpointError, match="started from other weights.*delete it"):
+        train(finetune_config(tmp_path / "pre.pt", **cfg), tmp_path / "ft.pt", progress=False, resume=True)
+
+
 # -- schedules ---------------------------------------------------------------------------------------------
 def test_lr_schedules():
     c = TrainConfig(epochs=10, **{**TINY, "lr_milestones": (0.2, 0.3, 0.4)}, lr=1.0)  # 2 steps per epoch

@@ -17,7 +17,9 @@ import torch
 
 from .model import ModelConfig
 from .step import MODES
-from .train import TrainConfig, branch_path, finetune_config, train
+from .train import train
+from .train_config import TrainConfig, finetune_config
+from .train_schedule import branch_path
 
 
 # -- TrainConfig settings as flags and recipe keys ----------------------------------------------------------

@@ -1,319 +1,41 @@
-"""MNMEF pretraining and fine-tuning (paper §4.3–4.4, App. C.4 Table C.8).
+"""MNMEF pretraining and fine-tuning (paper §4.3–4.4, App. C.4 Table C.8): the training run.
 
-Data (facts file): truth chains from the "train" random streams; every epoch cuts `trajectories` windows of
-`cycles` steps, each start shifted by a random offset in [0, 45), in a shuffled order (an incomplete last
-batch is dropped). Observation noise is drawn afresh for every batch, as the authors do (`redraw_obs_noise`;
-off: one fixed draw per chain, as the first shipped weights were trained). All randomness of epoch e, batch b, rank k is
-derived from (seed, e, b, k), and the learning rate is a pure function of the step, so a run resumed from
-a checkpoint (weights, optimizer, position) continues exactly.
-
-Learning-rate schedules (`TrainConfig.schedule`), each with an optional linear warm-up:
-  steps   halve the LR at `lr_milestones` fractions of the epochs (the authors' code: 200/300/400 of 1000);
-  cosine  cosine decay from the LR to 0 over the run;
-  wsd     warm-up, constant, then cosine decay over the last `decay_fraction` of the run. A run cut short by
-          `until_step` or `budget_seconds` keeps its constant-LR state in `out` (the trunk, which the next
-          run resumes exactly) and decays a branch from it into `branch_path(out)` (the weights to use).
-The step itself (gather, rollout, loss, backward, AdamW) is daviz.mnmef.step.TrainStep: eager on the CPU,
-captured as a CUDA graph (optionally with torch.compile'd cycles) on a GPU.
+The pieces, one module each: the recipe (train_config: TrainConfig, the fine-tune rule), the data
+(train_data), the LR schedule (train_schedule), where the run executes (train_runtime), and the step itself
+(step.TrainStep: gather, rollout, loss, backward, AdamW; eager on the CPU, a captured CUDA graph on a GPU).
+This module holds the run: build the model (fresh, warm-started or pretrained), then step, checkpoint and
+stop. A run resumed from a checkpoint (weights, optimizer, position) continues exactly.
 Runs data-parallel (DistributedDataParallel, eager steps) when launched by torchrun (WORLD_SIZE > 1).
 """
 from __future__ import annotations
 
-import functools
+import hashlib
 import math
-import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..seeding import stream
-from ..systems import SYSTEM_NAMES, get_system
+from ..systems import get_system
 from . import checkpoint as ckpt
 from .model import MNMEF, ModelConfig, parameter_counts
 from .rollout import RolloutLoss
-from .step import MODES, STATS, TrainStep, _is_oom, make_optimizer
+from .step import STATS, TrainStep, _is_oom, make_optimizer
+from .train_config import TrainConfig, finetune_config, finite, int_at_least, load_pretrained, table_c8
+from .train_data import batch_seed, epoch_windows, make_data
+from .train_runtime import (Stop, check_step_memory, check_writable, distributed, main_thread, pick_device,
+                            pick_mode, step_memory_estimate)
+from .train_schedule import branch_path, lr_at, natural_decay
 from .warm_start import set_enkf_prior, warm_start
-
-
-
-def table_c8(system: str) -> tuple[float, int]:
-    """Table C.8 (pretraining at N=10): the system's learning rate and batch size (kept on the System)."""
-    s = get_system(system)  # unknown names: ValueError listing the known ones
-    return s.train_lr, s.train_batch
-
-
-MAX_OFFSET = 45
-SCHEDULES = ("steps", "cosine", "wsd")
-MAX_N = 1000  # far above the paper's 100; beyond it a step would not fit in memory anyway
 
 
 class TrainingError(ValueError):
     """Training cannot go on (non-finite loss or weights, out of memory); the message says what is kept.
     A ValueError, so `daviz` prints it as one line and exits non-zero."""
-
-
-def _opt(default, help: str, **cli):
-    """A TrainConfig field with its command-line description: `daviz train` / `finetune` generate their flags
-    from these (daviz.mnmef.commands); `cli` may add choices, or flag (another name than the field's)."""
-    kw = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, **cli}, **kw)
-
-
-@dataclass
-class TrainConfig:
-    system: str = _opt("l96", "dynamical system", choices=SYSTEM_NAMES)
-    sigma_y: float = _opt(1.0, "observation noise std")
-    N: int = _opt(10, "ensemble size (train default 10)")
-    epochs: int = _opt(1000, "epochs (pretrain default 1000, fine-tune 20)")
-    trajectories: int = _opt(8192, "training windows per epoch (8192; fine-tune: half)")
-    cycles: int = _opt(60, "assimilation cycles per window (60)")
-    batch_size: int | None = _opt(None, "Table C.8: l96 512, ks 256, l63 1024")  # None: Table C.8
-    lr: float | None = _opt(None, "Table C.8: 1e-3 (ks 5e-4); fine-tune: a tenth")  # None: Table C.8
-    # paper App. C (C.13): 1e-2 keeps training stable; authors' code: 0
-    weight_decay: float = _opt(1e-2, "AdamW weight decay (default 1e-2, paper App. C; authors' code: 0)")
-    lr_milestones: tuple = _opt((0.2, 0.3, 0.4), "fractions of the epochs where the LR halves (0.2 0.3 0.4)")
-    schedule: str = _opt("steps", "LR schedule: steps (halve at the milestones; default), cosine, or wsd (warm-up, "
-                         "constant, decay over the last --decay-fraction; a run cut short also writes OUT_decayed.pt)",
-                         choices=SCHEDULES)
-    warmup_steps: int = _opt(0, "linear LR warm-up steps (default 0)")
-    decay_fraction: float = _opt(0.2, "wsd: fraction of the steps in the final decay (0.2)")
-    max_steps: int | None = _opt(None, "total optimizer steps of the recipe (default: epochs x batches)")
-    grad_window: int = _opt(1, "detach the ensemble every this many cycles (1)")
-    seed: int = _opt(42, "seed of the training data and initial weights (42)")
-    chains: int = _opt(256, "truth chains generated in parallel; windows are cut along them (256)")
-    # pretrained checkpoint: freeze the set transformer, train the heads
-    finetune_from: str | None = _opt(None, "pretrained checkpoint", flag="from")
-    model: dict = _opt(dict, "ModelConfig fields")
-    recipe_note: str = _opt("", "recipe note recorded in the metadata", flag="note")
-    warm_start: bool = _opt(False, "start as the tuned localized EnKF at N (pretrain: heads zeroed; fine-tune: that N's "
-                            "localization prior and inflation swapped in; daviz.mnmef.warm_start)")
-    redraw_obs_noise: bool = _opt(True, "draw fresh observation noise for every batch (authors' code; default); "
-                                  "false: one fixed draw per truth chain")
-
-    def __post_init__(self):
-        lr, batch = table_c8(self.system)
-        self.lr = lr if self.lr is None else self.lr
-        self.batch_size = batch if self.batch_size is None else self.batch_size
-        self.lr_milestones = tuple(self.lr_milestones or ())
-        self.model = dict(self.model or {})
-        validate(self)
-        self.batch_size = min(self.batch_size, self.trajectories)
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.trajectories // self.batch_size  # an incomplete last batch is dropped (fixed shapes)
-
-    @property
-    def total_steps(self) -> int:
-        return self.max_steps if self.max_steps is not None else self.epochs * self.batches_per_epoch
-
-    @property
-    def milestone_epochs(self) -> list[int]:
-        return sorted({max(1, round(f * self.epochs)) for f in self.lr_milestones})
-
-
-def _int_at_least(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _finite(name, value, positive=False):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
-        raise ValueError(f"{name} must be a finite {'positive' if positive else 'non-negative'} number, got {value!r}")
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Every input checked before any work, each failure one line naming the value and what is accepted."""
-    _finite("sigma_y", cfg.sigma_y, positive=True)
-    _int_at_least("N (ensemble size)", cfg.N, 2)
-    if cfg.N > MAX_N:
-        raise ValueError(f"N (ensemble size) must be at most {MAX_N}, got {cfg.N}")
-    for name in ("epochs", "trajectories", "cycles", "batch_size", "chains"):
-        _int_at_least(name.replace("_", " "), getattr(cfg, name), 1)
-    _int_at_least("grad window", cfg.grad_window, 0)
-    _int_at_least("warm-up steps", cfg.warmup_steps, 0)
-    _int_at_least("seed", cfg.seed, 0)
-    if cfg.max_steps is not None:
-        _int_at_least("max steps", cfg.max_steps, 1)
-    _finite("learning rate", cfg.lr, positive=True)
-    _finite("weight decay", cfg.weight_decay)
-    if not 0 < float(cfg.decay_fraction) < 1:
-        raise ValueError(f"decay fraction must be in (0, 1), got {cfg.decay_fraction!r}")
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    for f in cfg.lr_milestones:
-        if not (isinstance(f, (int, float)) and 0 < f <= 1):
-            raise ValueError(f"LR milestones are fractions of the epochs in (0, 1], got {cfg.lr_milestones!r}")
-    try:
-        ModelConfig(**cfg.model)
-    except TypeError as exc:
-        raise ValueError(f"bad model config {cfg.model!r}: {exc}") from None
-
-
-def check_writable(path) -> None:
-    """Fail now, not after hours of training, if `path` (and its .json sidecar) cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"output {path} is a directory; give a file name such as {path / 'model.pt'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.parent / f".{path.name}.write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"cannot write the output {path}: {exc.strerror or exc}") from None
-
-
-def step_memory_estimate(cfg: TrainConfig, world: int = 1) -> float:
-    """Rough peak bytes of one training step: autograd's saved tensors per trajectory-cycle, measured with
-    saved_tensors_hooks at f_v = width = 64 (0.46 MB + 14 kB x N + 128 B x N^2 on all three systems, within
-    10 %), times the cycles held at once (one gradient window; all of them under DDP), twice for backward's
-    temporaries, plus the training data in float32. Meant to refuse runs that cannot fit."""
-    width = max(ModelConfig(**cfg.model).width, 64) / 64
-    per = (0.46e6 + 14.2e3 * cfg.N + 128.0 * cfg.N**2) * width
-    held = cfg.cycles if world > 1 or not cfg.grad_window else min(cfg.grad_window, cfg.cycles)
-    system = get_system(cfg.system)
-    data = 4 * (cfg.trajectories + cfg.chains) * (cfg.cycles + MAX_OFFSET) * (system.dim + system.obs_dim)
-    return 2 * (cfg.batch_size // world) * held * per + data
-
-
-def check_step_memory(cfg: TrainConfig, device: torch.device, world: int = 1) -> None:
-    from ..experiment import available_memory
-    need = step_memory_estimate(cfg, world)
-    limit = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
-    if need > limit:
-        raise ValueError(f"a training step at batch {cfg.batch_size} x N={cfg.N} needs about {need / 2**30:.3g} GiB, "
-                         f"more than the {limit / 2**30:.3g} GiB available on {device} (CPU limit: DAVIZ_MAX_MEMORY_GB, "
-                         "else the free memory); use a smaller --batch-size or --N")
-
-
-def branch_path(out) -> Path:
-    """Where a wsd run cut short writes its decayed branch (the weights to use)."""
-    out = Path(out)
-    return out.with_name(out.stem + "_decayed" + out.suffix)
-
-
-def lr_at(cfg: TrainConfig, step: int, decay_start: int, decay_steps: int) -> float:
-    """Learning rate of optimizer step `step` (0-based): a pure function, so a resume is exact."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    if cfg.schedule == "steps":
-        epoch = step // cfg.batches_per_epoch
-        factor = 0.5 ** sum(epoch >= m for m in cfg.milestone_epochs)
-    elif cfg.schedule == "cosine":
-        factor = 0.5 * (1 + math.cos(math.pi * min(step, cfg.total_steps) / cfg.total_steps))
-    else:  # wsd
-        i = step - decay_start
-        factor = 1.0 if i < 0 else 0.5 * (1 + math.cos(math.pi * min(i, decay_steps) / max(decay_steps, 1)))
-    return cfg.lr * warm * factor
-
-
-def natural_decay(cfg: TrainConfig) -> tuple[int, int]:
-    """(first step, length) of the wsd decay at the end of the full run."""
-    length = max(1, round(cfg.decay_fraction * cfg.total_steps))
-    return cfg.total_steps - length, length
-
-
-def make_data(cfg: TrainConfig):
-    """Truth (C, T, d) and observations (C, T, p), float64, from the disjoint "train" streams (cached, so
-    successive fine-tunes in one process build them once: callers must not modify them). With
-    `redraw_obs_noise` the observations are noise-free, h(truth): the step adds fresh noise per batch."""
-    truth, obs = _data(cfg.system, float(cfg.sigma_y), cfg.trajectories, cfg.cycles, cfg.chains, cfg.seed)
-    return (truth, get_system(cfg.system).observe(truth)) if cfg.redraw_obs_noise else (truth, obs)
-
-
-@functools.lru_cache(maxsize=2)
-def _data(system_name, sigma_y, trajectories, cycles, chains, seed):
-    system = get_system(system_name)
-    chains = min(chains, trajectories)
-    per_chain = math.ceil(trajectories / chains)
-    T = per_chain * cycles + MAX_OFFSET + 1
-    x = system.initial_truth(stream(seed, "train", f"mnmef-truth-{system_name}"), chains)
-    truth = np.empty((chains, T, system.dim))
-    for t in range(T):
-        truth[:, t] = x
-        x = system.step(x)
-        if system.model_noise_std > 0:  # (the stream is only created when it is drawn from)
-            x = system.add_model_noise(x, stream(seed, "train", f"mnmef-model-noise-{t}"))
-    noise = stream(seed, "train", f"mnmef-obs-{system_name}-{sigma_y}").standard_normal((chains, T, system.obs_dim))
-    return truth, system.observe(truth) + sigma_y * noise
-
-
-def epoch_windows(cfg: TrainConfig, chains: int, epoch: int) -> np.ndarray:
-    """(trajectories, 2) shuffled (chain, start) pairs for this epoch."""
-    rng = stream(cfg.seed, "train", f"mnmef-epoch-{epoch}")
-    k = np.arange(cfg.trajectories)
-    starts = (k // chains) * cfg.cycles + rng.integers(0, MAX_OFFSET, size=cfg.trajectories)
-    pairs = np.stack([k % chains, starts], 1)
-    return pairs[rng.permutation(cfg.trajectories)]
-
-
-def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1)[0])
-
-
-class _Stop:
-    """Set by SIGTERM/SIGINT; the loop checkpoints at the next batch boundary and exits."""
-
-    def __init__(self):
-        self.flag = False
-
-    def __call__(self, *_):
-        self.flag = True
-
-
-def _distributed():
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def _pick_device(device: str | None, rank: int) -> torch.device:
-    if device in (None, "auto"):
-        device = f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:K") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but this torch sees no CUDA GPU")
-    return dev
-
-
-def pick_mode(mode: str | None, device: torch.device, world: int) -> str:
-    """'auto': eager on the CPU (capture and compile gain little there), a captured graph on CUDA."""
-    if mode in (None, "auto"):
-        return "graph" if device.type == "cuda" and world == 1 else "eager"
-    if mode not in MODES:
-        raise ValueError(f"step mode must be auto or one of {MODES}, got {mode!r}")
-    return mode
-
-
-def load_pretrained(path, system: str | None = None) -> tuple[dict, dict]:
-    """(checkpoint, sidecar) of a pretrained model, with clear errors for unusable files."""
-    data = ckpt.load(path, system=system)
-    if data.get("system") not in SYSTEM_NAMES:
-        raise ckpt.CheckpointError(f"MNMEF checkpoint {path} was trained for system {data.get('system')!r}, "
-                                   f"which daviz does not know (known: {', '.join(SYSTEM_NAMES)})")
-    for key in ("sigma_y", "model_config"):
-        if key not in data:
-            raise ckpt.CheckpointError(f"MNMEF checkpoint {path} lacks {key!r}")
-    if not isinstance(data["model_config"], dict):
-        raise ckpt.CheckpointError(f"MNMEF checkpoint {path}: model_config is not a mapping")
-    meta = ckpt.read_meta(path)
-    if not isinstance(meta, dict):
-        raise ckpt.CheckpointError(f"MNMEF sidecar {ckpt.sidecar_path(path)} is not a JSON object")
-    return data, meta
 
 
 def init_model(cfg: TrainConfig) -> tuple[MNMEF, dict]:
@@ -335,7 +57,8 @@ def _initial_model(cfg: TrainConfig) -> tuple[MNMEF, dict]:
         for q in model.set_transformer.parameters():
             q.requires_grad_(False)
         cfg.model = model.config.to_dict()
-        return model, {"pretrained_from": str(cfg.finetune_from), "pretrained_meta": meta}
+        return model, {"pretrained_from": str(cfg.finetune_from), "pretrained_meta": meta,
+                       "pretrained_sha256": hashlib.sha256(Path(cfg.finetune_from).read_bytes()).hexdigest()}
     torch.manual_seed(cfg.seed)  # weight init
     return MNMEF(get_system(cfg.system), cfg.sigma_y, ModelConfig(**cfg.model)), {}
 
@@ -373,14 +96,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, device: str |
     if not math.isfinite(checkpoint_minutes) or checkpoint_minutes <= 0:
         raise ValueError(f"checkpoint minutes must be a positive number, got {checkpoint_minutes!r}")
     if until_step is not None:
-        _int_at_least("until step", until_step, 1)
+        int_at_least("until step", until_step, 1)
     if budget_seconds is not None:
-        _finite("budget seconds", budget_seconds, positive=True)
+        finite("budget seconds", budget_seconds, positive=True)
     check_writable(out)
     if cfg.schedule == "wsd":
         check_writable(branch_path(out))
-    stop = _Stop()  # installed first: a SIGTERM during set-up still ends with a checkpoint, not a kill
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
+    stop = Stop()  # installed first: a SIGTERM during set-up still ends with a checkpoint, not a kill
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread() else {}
     try:
         return _Trainer(cfg, out, resume, device, checkpoint_minutes, progress, stop_after_batches, stop, mode,
                         until_step, budget_seconds, sync_every).run()
@@ -396,8 +119,8 @@ class _Trainer:
         self.cfg, self.out, self.stop = cfg, out, stop
         self.checkpoint_minutes, self.progress = checkpoint_minutes, progress
         self.stop_after, self.until_step, self.budget = stop_after_batches, until_step, budget_seconds
-        self.rank, self.world = _distributed()
-        self.dev = _pick_device(device, self.rank)
+        self.rank, self.world = distributed()
+        self.dev = pick_device(device, self.rank)
         self.mode = pick_mode(mode, self.dev, self.world)
         if self.world > 1 and self.mode != "eager":
             raise ValueError(f"step mode {self.mode} is single-process only; use eager under torchrun")
@@ -416,6 +139,10 @@ class _Trainer:
         self.last_good = None  # (epoch, batch) of the last checkpoint written
         if resume and out.is_file():
             state = ckpt.load(out, system=cfg.system, map_location=self.dev)
+            started_from = ckpt.read_meta(out).get("pretrained_sha256")
+            if cfg.finetune_from and started_from not in (None, self.extra["pretrained_sha256"]):
+                raise ckpt.CheckpointError(f"cannot resume the fine-tune {out}: it started from other weights than "
+                                           f"{cfg.finetune_from} holds now; delete it to fine-tune the new weights")
             try:
                 self.model.load_state_dict(state["model"])
                 self.opt.load_state_dict(state["optimizer"])
@@ -622,26 +349,7 @@ class _Trainer:
             bar.close()
 
 
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
-def finetune_config(pretrained: str | Path, N: int, **overrides) -> TrainConfig:
-    """Fine-tuning recipe of §4.4 / App. C.4 from a pretrained checkpoint: half the trajectories, LR/10,
-    20 epochs; batch halved for N ≥ 40 and quartered for N ≥ 100 (authors' code, memory)."""
-    data, meta = load_pretrained(pretrained)
-    base = meta.get("recipe", {})
-    if not isinstance(base, dict):
-        raise ckpt.CheckpointError(f"MNMEF sidecar {ckpt.sidecar_path(pretrained)}: 'recipe' is not a mapping")
-    system = data["system"]
-    lr, batch = table_c8(system)
-    lr = base.get("lr", lr) / 10
-    batch = base.get("batch_size", batch)
-    batch = batch // 4 if N >= 100 else batch // 2 if N >= 40 else batch
-    kw = dict(system=system, sigma_y=float(data["sigma_y"]), N=N, epochs=20,
-              trajectories=max(1, base.get("trajectories", 8192) // 2), cycles=base.get("cycles", 60),
-              batch_size=max(1, batch), lr=lr, seed=base.get("seed", 42), finetune_from=str(pretrained),
-              lr_milestones=(), model=data["model_config"])
-    kw.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**kw)
+# What callers import from here; the recipe, data and schedule names are re-exported from their modules.
+__all__ = ["TrainConfig", "TrainingError", "train", "init_model", "export_payload", "finetune_config", "table_c8",
+           "make_data", "epoch_windows", "lr_at", "natural_decay", "branch_path", "step_memory_estimate",
+           "load_pretrained"]
