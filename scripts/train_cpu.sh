@@ -26,7 +26,8 @@ if [ "$mode" = warm ]; then
     --note "CPU warm-started pretraining (scripts/train_cpu.sh warm; recipe cpu-warm), spread over sessions"
   cand="${trunk%.pt}_decayed.pt"
   [ -f "$cand" ] || cand=$trunk
-  python -m daviz.mnmef.promote --candidate "$cand" --shipped "pretrained/${sys}_sigma${sy}_N10.pt"
+  python -m daviz.mnmef.promote --candidate "$cand" --shipped "pretrained/${sys}_sigma${sy}_N10.pt" \
+    --curve "results/mnmef_warm_curve_${sys}_s${sy}.json"
 elif [ "$mode" = wsd ]; then
   until=$4
   note="CPU short recipe (no GPU lent), wsd: 2048 windows x 60 cycles, batch 64, Table C.8 LR, 20 warm-up steps, constant LR, cosine decay over the last 20% to step $until (a decayed branch of the resumable trunk runs/${sys}_s${sy}_N10_wsd.pt), AdamW weight decay 1e-2, g = 2·softmax; the full Table C.8 recipe is 8192 x 60 for 1000 epochs"
@@ -52,5 +53,6 @@ else
     --note "CPU fine-tune for N=$N (scripts/train_cpu.sh finetune; recipe cpu-finetune), spread over sessions"
   cand="${trunk%.pt}_decayed.pt"
   [ -f "$cand" ] || cand=$trunk
-  python -m daviz.mnmef.promote --candidate "$cand" --shipped "pretrained/${sys}_sigma${sy}_N10_ft${N}.pt" --N "$N"
+  python -m daviz.mnmef.promote --candidate "$cand" --shipped "pretrained/${sys}_sigma${sy}_N10_ft${N}.pt" --N "$N" \
+    --curve "results/mnmef_warm_curve_${sys}_s${sy}_ft${N}.json"
 fi

@@ -33,9 +33,10 @@ def _tune_score(path, N: int, trajectories: int, cycles: int, seed: int) -> dict
 
 
 def promote(candidate, shipped, N: int | None = None, trajectories: int = 64, cycles: int | None = None,
-            seed: int = 0) -> dict:
+            seed: int = 0, curve=None) -> dict:
     """Score both files on the tune set; export `candidate` over `shipped` if it is better. Returns the scores
-    and whether it was promoted."""
+    and whether it was promoted. With `curve` (a JSON file), the candidate's score is appended to it against
+    the trajectory-cycles it was trained on: the run's learning curve, built up run by run."""
     data = ckpt.load(candidate)
     from ..systems import get_system
     N = int(N or data["N"])
@@ -50,7 +51,24 @@ def promote(candidate, shipped, N: int | None = None, trajectories: int = 64, cy
     if better:
         ckpt.export_weights(candidate, shipped)
         ckpt.record_evaluation(shipped, {"tune": cand, "promoted_over": base})
+    if curve is not None:
+        _append_point(curve, candidate, cand, better)
     return {"candidate": cand, "shipped": base, "promoted": better}
+
+
+def _append_point(curve, candidate, score: dict, promoted: bool) -> None:
+    meta = ckpt.read_meta(candidate)
+    progress = meta.get("progress") or {}
+    row = {"trajectory_cycles": progress.get("trajectory_cycles"), "step": progress.get("step"),
+           "kind": progress.get("kind"), "training_seconds": meta.get("training_seconds"),
+           "promoted": promoted, "file": Path(candidate).name, "saved_at_utc": meta.get("saved_at_utc"),
+           **{k: score[k] for k in ("rrmse_mean", "rrmse_std", "diverged", "N", "trajectories", "cycles", "purpose")}}
+    path = Path(curve)
+    doc = json.loads(path.read_text()) if path.is_file() else {
+        "description": "tune-set R-RMSE of each decayed branch against the trajectory-cycles it was trained on "
+                       "(python -m daviz.mnmef.promote --curve)", "points": []}
+    doc["points"].append(row)
+    ckpt.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
 
 
 def main(argv=None) -> int:
@@ -61,10 +79,11 @@ def main(argv=None) -> int:
     p.add_argument("--trajectories", type=int, default=64)
     p.add_argument("--cycles", type=int, help="default: the system's test length")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--curve", help="JSON file to append the candidate's score to (a learning curve over runs)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     try:
-        out = promote(a.candidate, a.shipped, a.N, a.trajectories, a.cycles)
+        out = promote(a.candidate, a.shipped, a.N, a.trajectories, a.cycles, curve=a.curve)
     except ValueError as err:
         print(f"daviz: error: {err}", file=sys.stderr)
         return 2

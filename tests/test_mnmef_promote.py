@@ -1,0 +1,55 @@
+"""Promotion of trained weights: only a better tune-set score replaces the shipped file; scores are kept."""
+import json
+
+import torch
+
+from daviz.mnmef import checkpoint as ckpt
+from daviz.mnmef.model import MNMEF, ModelConfig
+from daviz.mnmef.promote import promote
+from daviz.mnmef.train import export_payload
+from daviz.mnmef.train_config import TrainConfig
+from daviz.mnmef.warm_start import warm_start
+from daviz.systems import get_system
+
+EVAL = dict(N=10, trajectories=2, cycles=30)
+
+
+def weights_file(path, warm: bool, seed: int):
+    """An untrained random model (poor) or the warm start (the tuned EnKF: good), as a weights file."""
+    torch.manual_seed(seed)
+    config = ModelConfig(feature_dim=8, loc_activation="sigmoid")
+    model = MNMEF(get_system("l96"), 1.0, config)
+    if warm:
+        warm_start(model, 10)
+    cfg = TrainConfig(system="l96", sigma_y=1.0, N=10, trajectories=8, model=config.to_dict())
+    ckpt.save(path, export_payload(model, cfg), {"progress": {"step": 7, "trajectory_cycles": 700}, "recipe_note": path.name})
+    return path
+
+
+def test_better_candidate_replaces_shipped_and_worse_does_not(tmp_path):
+    torch.set_num_threads(1)
+    shipped = weights_file(tmp_path / "shipped.pt", warm=False, seed=0)
+    poor = weights_file(tmp_path / "poor.pt", warm=False, seed=1)
+    good = weights_file(tmp_path / "good.pt", warm=True, seed=2)
+    curve = tmp_path / "curve.json"
+
+    first = promote(good, shipped, curve=curve, **EVAL)
+    assert first["promoted"] and first["candidate"]["rrmse_mean"] < first["shipped"]["rrmse_mean"]
+    torch.testing.assert_close(ckpt.load(shipped)["model"]["loc_prior"], ckpt.load(good)["model"]["loc_prior"])
+    meta = ckpt.read_meta(shipped)
+    assert meta["recipe_note"] == "good.pt" and meta["evaluation"]["tune"]["rrmse_mean"] == first["candidate"]["rrmse_mean"]
+
+    second = promote(poor, shipped, curve=curve, **EVAL)
+    assert not second["promoted"]
+    assert second["shipped"] == meta["evaluation"]["tune"]  # reused from the sidecar, not measured again
+    assert ckpt.read_meta(shipped)["recipe_note"] == "good.pt"
+
+    points = json.loads(curve.read_text())["points"]
+    assert [p["promoted"] for p in points] == [True, False]
+    assert points[0]["trajectory_cycles"] == 700 and points[0]["rrmse_mean"] == first["candidate"]["rrmse_mean"]
+
+
+def test_no_shipped_file_yet_is_a_promotion(tmp_path):
+    good = weights_file(tmp_path / "good.pt", warm=True, seed=2)
+    out = promote(good, tmp_path / "new.pt", **EVAL)
+    assert out["promoted"] and out["shipped"] is None and ckpt.load(tmp_path / "new.pt")["system"] == "l96"
