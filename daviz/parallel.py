@@ -1,0 +1,96 @@
+"""Where a sweep's tasks run: here, one after the other (the default), or on a Dask cluster.
+
+    run_tasks(fn, tasks)                         # serial, in this process
+    run_tasks(fn, tasks, workers=2)              # a local Dask cluster of 2 single-threaded processes
+    run_tasks(fn, tasks, scheduler="tcp://...")  # an existing cluster (`dask scheduler` + `dask worker`s)
+
+A task is `fn(*args)` for one tuple of `tasks`. The callers make every task a pure function of its arguments:
+its random numbers come from the named streams of its own (seed, purpose, name) key (daviz.seeding), never
+from the order or the place it runs in. So the results, returned in task order, are identical to the serial
+run's, whatever the number of workers.
+
+Finished results are handed to `on_result(index, result)` in this process as they arrive, so the caller can
+save them at once. A worker lost mid-task (killed, out of memory) costs only the task it was running: the
+scheduler runs it again on another worker (Dask's `allowed-failures`), and what has finished is kept.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+from tqdm import tqdm
+
+
+def check_workers(workers, scheduler) -> None:
+    """One clear line for impossible requests, before any work."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"--workers must be an integer >= 1, got {workers!r}")
+    if scheduler is not None and workers not in (None, 1):
+        raise ValueError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+    if scheduler is not None and not str(scheduler).strip():
+        raise ValueError("--scheduler needs an address such as tcp://10.0.0.5:8786")
+
+
+def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], workers: int | None = None,
+              scheduler: str | None = None, on_result: Callable[[int, Any], None] | None = None,
+              progress: bool = False, label: str = "tasks") -> list:
+    """Results of fn(*task) for every task, in task order (see the module docstring)."""
+    check_workers(workers, scheduler)
+    tasks = list(tasks)
+    bar = tqdm(total=len(tasks), disable=not progress, desc=label, unit="task", leave=False)
+    results: list = [None] * len(tasks)
+    try:
+        if scheduler is None and (workers or 1) == 1:
+            for i, args in enumerate(tasks):
+                results[i] = fn(*args)
+                _done(i, results[i], on_result, bar)
+            return results
+        with _client(workers, scheduler) as client:
+            futures = [client.submit(fn, *args, pure=False) for args in tasks]
+            index = {f.key: i for i, f in enumerate(futures)}
+            from dask.distributed import as_completed
+
+            for future, result in as_completed(futures, with_results=True):
+                i = index[future.key]
+                results[i] = result
+                _done(i, result, on_result, bar)
+                future.release()  # the result is here now: free the worker's copy
+        return results
+    finally:
+        bar.close()
+
+
+def _done(i, result, on_result, bar) -> None:
+    if on_result is not None:
+        on_result(i, result)
+    bar.update(1)
+
+
+class _client:
+    """A Dask client on a local cluster of `workers` single-threaded processes, or on `scheduler`."""
+
+    def __init__(self, workers, scheduler):
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError:
+            raise ValueError("--workers/--scheduler need Dask: pip install 'dask[distributed]'") from None
+        self.cluster = None
+        if scheduler is None:
+            # one thread per process: the numpy and torch work inside a task is single-threaded by design
+            # (Dask's nanny sets OMP/MKL/OpenBLAS threads to 1), so K processes use K cores
+            self.cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=logging.ERROR)
+        try:
+            self.client = Client(self.cluster if scheduler is None else scheduler, timeout="30s")
+        except OSError as exc:
+            if self.cluster is not None:
+                self.cluster.close()
+            raise ValueError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from None
+
+    def __enter__(self):
+        return self.client
+
+    def __exit__(self, *exc):
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
