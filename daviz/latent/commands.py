@@ -2,8 +2,8 @@
 
 Writes pretrained/latent_{system}_sigma{σ_y}_every{k}.pt (weights, safe to load) and its .json sidecar
 (command, code version, hardware, settings, training record, held-out reconstruction error and latent
-consistency, the filter settings chosen on "tune" trajectories), and records the chosen inflation and γ in
-daviz/tuned/{system}_latent-ensf.json, where `daviz evaluate` and the explorer read tuned settings.
+consistency, the filter settings chosen on "tune" trajectories). The sidecar is where `daviz evaluate` and
+the explorer read the chosen inflation and γ (daviz.latent.pretrained.tuned_settings).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 def cmd_train_latent(a) -> int:
     import torch
 
-    from ..mnmef.checkpoint import code_version, hardware
+    from ..artifacts import code_version, hardware
     from . import pretrained
     from .train import choose_settings, heldout_metrics, train_vae
     from .vae import NumpyVAE
@@ -76,8 +76,6 @@ def cmd_train_latent(a) -> int:
             "settings": settings.to_dict(), "training": record, "heldout": held, "filter": chosen}
     pretrained.save(out, model, system, a.sigma_y, meta)
     print(f"wrote {out} and {out.with_suffix('.json').name}", flush=True)
-    if chosen is not None and not a.out:
-        _record(system, a, chosen)
     return 0
 
 
@@ -85,21 +83,9 @@ def _command() -> str | None:
     return "daviz " + " ".join(shlex.quote(v) for v in sys.argv[1:]) if sys.argv[1:2] == ["train-latent"] else None
 
 
-def _record(system, a, chosen: dict) -> None:
-    """The chosen inflation and gamma into daviz/tuned/{system}_latent-ensf.json (read by evaluate, the app)."""
-    from ..tuning import save_tuned
-
-    entry = {k: chosen[k] for k in ("N", "trajectories", "cycles", "streams", "grid", "seconds", "lost", "diverged")}
-    save_tuned(system.name, "latent-ensf", a.tune_N, a.sigma_y, chosen["inflation"], None, chosen["rrmse"],
-               {"method": "grid (daviz train-latent)", "params": {"gamma": chosen["gamma"]}, **entry})
-    print(f"recorded inflation {chosen['inflation']} and gamma {chosen['gamma']} in "
-          f"daviz/tuned/{system.name}_latent-ensf.json", flush=True)
-
-
 def _tune_only(a, system, out: Path) -> int:
-    """Redo the inflation / gamma search on existing weights; update their sidecar (and the tuned table)."""
-    import json
-
+    """Redo the inflation / gamma search on existing weights; update their sidecar."""
+    from ..artifacts import write_meta
     from . import pretrained
     from .train import choose_settings
 
@@ -107,13 +93,7 @@ def _tune_only(a, system, out: Path) -> int:
     seed = (meta.get("settings") or {}).get("seed", 0)
     chosen = choose_settings(vae, system, a.sigma_y, N=a.tune_N, trajectories=a.tune_trajectories,
                              cycles=a.tune_cycles, seed=seed)
-    meta = {**meta, "filter": {**chosen, "command": _command()}}
-    side = out.with_suffix(".json")
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    tmp.replace(side)
+    write_meta(out, {**meta, "filter": {**chosen, "command": _command()}})
     pretrained._cache.clear()
-    print(f"updated {side.name}", flush=True)
-    if not a.out:
-        _record(system, a, chosen)
+    print(f"updated {out.with_suffix('.json').name}", flush=True)
     return 0

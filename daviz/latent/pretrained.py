@@ -4,7 +4,7 @@
 8th). The torch file holds what rebuilds the model (format tag, system, sigma_y, obs_idx, config, weights)
 and is read with torch.load(weights_only=True): no code runs. The JSON sidecar holds provenance (command,
 code version, training record), the held-out metrics and the filter settings (inflation, γ) chosen on
-"tune" trajectories.
+"tune" trajectories: their one home, since they belong to these weights (`tuned_settings`).
 
 Every problem (missing, empty, corrupt, not ours, fields of the wrong type, weights for another system,
 σ_y or observation pattern, a sidecar that is not a JSON object) raises CheckpointError (a ValueError)
@@ -13,22 +13,22 @@ cached per file (thread-safe) and shared read-only: the filter runs on a numpy c
 """
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..mnmef import checkpoint as ckpt
-from ..mnmef.checkpoint import CheckpointError, shown
+from .. import artifacts
+from ..artifacts import CheckpointError, FileKind, load_torch, save_torch, shown, write_meta
 from ..systems import SYSTEM_NAMES, System, get_system
 from .filter import LatentEnSF
 from .vae import CoupledVAE, NumpyVAE, VAEConfig
 
 FORMAT = "daviz-latent-vae-1"
-PRETRAINED_DIR = Path(os.environ.get("DAVIZ_PRETRAINED_DIR") or Path(__file__).resolve().parents[2] / "pretrained")
-_REDO = "delete it and train it again with `daviz train-latent`"
+PRETRAINED_DIR = artifacts.PRETRAINED_DIR  # read at call time: a test may point this package elsewhere
+KIND = FileKind("Latent-EnSF", FORMAT, missing="train them with `daviz train-latent`",
+                redo="delete it and train it again with `daviz train-latent`")
 TRAINABLE = ("l96", "ks")  # the systems `daviz train-latent` serves
 _cache: dict = {}
 _lock = threading.Lock()
@@ -56,8 +56,8 @@ def save(path, model: CoupledVAE, system: System, sigma_y: float, meta: dict) ->
     payload = {"format": FORMAT, "system": system.name, "sigma_y": float(sigma_y),
                "obs_idx": [int(i) for i in system.obs_idx], "config": model.config.to_dict(),
                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-    ckpt.atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    ckpt.write_meta(path, meta)
+    save_torch(path, payload)
+    write_meta(path, meta)
 
 
 def _field_problem(data: dict) -> str | None:
@@ -84,7 +84,7 @@ def _field_problem(data: dict) -> str | None:
 
 def read_meta(path) -> dict:
     """The weights' JSON sidecar ({} when there is none; a broken one: CheckpointError)."""
-    return ckpt.read_meta(path, "Latent-EnSF", "train the VAE again")
+    return artifacts.read_meta(path, "Latent-EnSF", "train the VAE again")
 
 
 def load(path, system: System | None = None, sigma_y: float | None = None) -> tuple[NumpyVAE, dict]:
@@ -95,29 +95,16 @@ def load(path, system: System | None = None, sigma_y: float | None = None) -> tu
     key = str(path.resolve())
     with _lock:
         if key not in _cache:
-            if not path.is_file():
-                raise CheckpointError(f"Latent-EnSF weights {name} do not exist: train them with `daviz train-latent`",
-                                      path)
-            if path.stat().st_size == 0:
-                raise CheckpointError(f"Latent-EnSF weights {name} are empty: {_REDO}", path)
-            try:
-                data = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # zip, pickle and unpickler-policy errors: not a usable file
-                raise CheckpointError(f"Latent-EnSF weights {name} are corrupt or not a torch file "
-                                      f"({type(exc).__name__}): {_REDO}", path) from None
-            if not isinstance(data, dict) or data.get("format") != FORMAT:
-                raise CheckpointError(f"Latent-EnSF weights {name} are not a {FORMAT} file: {_REDO}", path)
+            data = load_torch(path, KIND)
             problem = _field_problem(data)
             if problem:
-                raise CheckpointError(f"Latent-EnSF weights {name} {problem}: {_REDO}", path)
+                raise KIND.problem(path, problem)
             meta = read_meta(path)
             try:
                 model = CoupledVAE(VAEConfig(**data["config"]), data["obs_idx"])
                 model.load_state_dict(data["model"])
             except (TypeError, RuntimeError, ValueError) as exc:
-                detail = (str(exc).strip().splitlines() or [""])[0][:120]
-                raise CheckpointError(f"Latent-EnSF weights {name} do not fit the model ({type(exc).__name__}: "
-                                      f"{detail}): {_REDO}", path) from None
+                raise KIND.unfit(path, exc) from None
             _cache[key] = (NumpyVAE(model.eval()), meta, data["system"], float(data["sigma_y"]), data["obs_idx"])
         vae, meta, trained_system, trained_sigma, trained_idx = _cache[key]
     if system is not None:
@@ -133,6 +120,19 @@ def load(path, system: System | None = None, sigma_y: float | None = None) -> tu
     return vae, meta
 
 
+def chosen_settings(meta: dict) -> dict:
+    """The filter settings (inflation, gamma) `daviz train-latent` chose for these weights on "tune" trajectories,
+    as far as the sidecar `meta` records them (its "filter" entry)."""
+    record = meta.get("filter") if isinstance(meta.get("filter"), dict) else {}
+    return {k: record[k] for k in ("inflation", "gamma") if k in record}
+
+
+def tuned_settings(system: System | str, sigma_y: float, directory=None) -> dict:
+    """`chosen_settings` of the shipped weights for (system, σ_y), read from their sidecar alone (no torch
+    load); {} when nothing is shipped or recorded."""
+    return chosen_settings(read_meta(weights_path(system, sigma_y, directory)))
+
+
 def load_filter(system: System | str, sigma_y: float, inflation=None, directory=None, **params):
     """(LatentEnSF, info) with the shipped weights for (system, its observation pattern, σ_y).
 
@@ -143,13 +143,14 @@ def load_filter(system: System | str, sigma_y: float, inflation=None, directory=
     path = weights_path(system, sigma_y, directory)
     if not path.is_file():
         if system.name not in TRAINABLE:
-            raise CheckpointError(f"no Latent-EnSF for {system.title}: its coupled VAE is made for Lorenz '96 and "
-                                  "Kuramoto–Sivashinsky only", path)
+            made_for = " and ".join(get_system(name).title for name in TRAINABLE)
+            raise CheckpointError(f"no Latent-EnSF for {system.title}: its coupled VAE is made for {made_for} only",
+                                  path)
         raise CheckpointError(f"no Latent-EnSF weights for {system.title} at sigma_y={float(sigma_y)}: run "
                               f"`daviz train-latent --system {system.name} --sigma-y {float(sigma_y)}`", path)
     vae, meta = load(path, system, sigma_y)
-    chosen = meta.get("filter") if isinstance(meta.get("filter"), dict) else {}
-    settings = {k: chosen[k] for k in ("gamma",) if k in chosen}
+    chosen = chosen_settings(meta)
+    settings = {k: v for k, v in chosen.items() if k != "inflation"}
     settings.update(params)
     infl = chosen.get("inflation", 1.0) if inflation is None else inflation
     f = LatentEnSF(system, sigma_y, vae, inflation=infl, **settings)

@@ -10,85 +10,38 @@ wrong, with which file (its name; the full path is in `.path`), and what to do.
 """
 from __future__ import annotations
 
-import json
-import os
-import platform
-import subprocess
 from pathlib import Path
 
 import torch
 
+from ..artifacts import (CheckpointError, FileKind, atomic_write, code_version, hardware, load_torch, save_torch,
+                         shown, sidecar_path, write_meta)
+from ..artifacts import read_meta as _read_meta
 from ..systems import SYSTEM_NAMES, get_system
 from .model import MNMEF, ModelConfig
 
 FORMAT = "daviz-mnmef-1"
 _REDO = "delete it and train or export it again"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or does not fit the request; the message names the file."""
-
-    def __init__(self, message: str, path=None):
-        super().__init__(message)
-        self.path = None if path is None else str(path)
-
-
-def shown(path) -> str:
-    """How messages name a file: as given when relative, else by its name only (no long absolute paths)."""
-    path = Path(path)
-    return path.name if path.is_absolute() else str(path)
-
-
-def sidecar_path(path) -> Path:
-    return Path(path).with_suffix(".json")
-
-
-def atomic_write(path: Path, write) -> None:
-    """write(tmp) then rename over `path`: a crash mid-write never leaves a truncated file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+KIND = FileKind("MNMEF", FORMAT, missing="check the path, or train one with `daviz train`", redo=_REDO,
+                called="checkpoint", noun="checkpoint", plural=False)
+__all__ = ["FORMAT", "CheckpointError", "atomic_write", "build_model", "check_fits", "code_version", "export_weights",
+           "hardware", "load", "read_meta", "record_evaluation", "save", "shown", "sidecar_path", "write_meta"]
 
 
 def save(path, payload: dict, meta: dict | None = None) -> None:
     """Write payload (tensors, numbers, strings, dicts, lists) and, if given, the JSON sidecar."""
-    path = Path(path)
-    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp))
+    save_torch(path, {"format": FORMAT, **payload})
     if meta is not None:
         write_meta(path, meta)
-
-
-def write_meta(path, meta: dict) -> None:
-    """The JSON sidecar next to `path` (atomic)."""
-    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
 
 
 def load(path, system: str | None = None, map_location="cpu", sigma_y: float | None = None) -> dict:
     """Read a checkpoint safely (weights_only=True: no code runs); check its fields and, if given, that it
     was trained for `system` and `sigma_y`. Raises CheckpointError naming the file and the problem."""
-    path = Path(path)
-    name = shown(path)
-    if not path.is_file():
-        raise CheckpointError(f"MNMEF checkpoint {name} does not exist: check the path, or train one with `daviz train`",
-                              path)
-    try:
-        empty = path.stat().st_size == 0
-    except OSError as exc:
-        raise CheckpointError(f"MNMEF checkpoint {name} cannot be read ({exc.strerror}): check its permissions", path) from None
-    if empty:
-        raise CheckpointError(f"MNMEF checkpoint {name} is empty: {_REDO}", path)
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle, zip and unpickler-policy errors all mean "not a usable checkpoint"
-        raise CheckpointError(f"MNMEF checkpoint {name} is corrupt or not a torch checkpoint ({type(exc).__name__}): "
-                              f"{_REDO}", path) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"MNMEF checkpoint {name} is not a {FORMAT} checkpoint: {_REDO}", path)
+    data = load_torch(path, KIND, map_location)
     problem = _field_problem(data)
     if problem:
-        raise CheckpointError(f"MNMEF checkpoint {name} {problem}: {_REDO}", path)
+        raise KIND.problem(path, problem)
     check_fits(path, data["system"], data["sigma_y"], system, sigma_y)
     return data
 
@@ -124,23 +77,7 @@ def _field_problem(data: dict) -> str | None:
 def read_meta(path, what: str = "MNMEF", redo: str = "export the weights again") -> dict:
     """The JSON sidecar next to `path` (a JSON object), or {} when there is none; a broken one raises
     CheckpointError naming the file, `what` it belongs to and what to do (`redo`)."""
-    side = sidecar_path(path)
-    if not side.is_file():
-        return {}
-    name = shown(side)
-    try:
-        meta = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{what} sidecar {name} is not valid JSON ({type(exc).__name__} at position "
-                              f"{getattr(exc, 'pos', getattr(exc, 'start', '?'))}): restore it or {redo}",
-                              side) from None
-    except OSError as exc:
-        raise CheckpointError(f"{what} sidecar {name} cannot be read ({exc.strerror}): check its permissions",
-                              side) from None
-    if not isinstance(meta, dict):
-        kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(meta), "null")
-        raise CheckpointError(f"{what} sidecar {name} holds a JSON {kind}, not an object: restore it or {redo}", side)
-    return meta
+    return _read_meta(path, what, redo)
 
 
 def build_model(data: dict, path="checkpoint") -> MNMEF:
@@ -149,28 +86,8 @@ def build_model(data: dict, path="checkpoint") -> MNMEF:
         model = MNMEF(get_system(data["system"]), float(data["sigma_y"]), ModelConfig(**data["model_config"]))
         model.load_state_dict(data["model"])
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"MNMEF checkpoint {shown(path)} does not fit the model ({type(exc).__name__}: "
-                              f"{detail[:120]}): {_REDO}", path) from None
+        raise KIND.unfit(path, exc) from None
     return model
-
-
-def code_version() -> str:
-    """git commit of the working tree (+ '-dirty' with local changes), or 'unknown'."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
-        return (rev + ("-dirty" if dirty else "")) or "unknown"
-    except Exception:
-        return "unknown"
-
-
-def hardware(device) -> str:
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return f"{torch.cuda.get_device_name(dev)} (torch {torch.__version__})"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s) (torch {torch.__version__})"
 
 
 def export_weights(src, dst) -> dict:
@@ -189,4 +106,4 @@ def record_evaluation(path, evaluation: dict) -> None:
     if not isinstance(meta.get("evaluation", {}), dict):
         meta["evaluation"] = {}  # a malformed entry would otherwise break the update
     meta.setdefault("evaluation", {}).update(evaluation)
-    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+    write_meta(path, meta)

@@ -10,20 +10,19 @@ the file's name (never its absolute path) and what to do. The file's path is in 
 """
 from __future__ import annotations
 
-import os
 import re
 import threading
 from pathlib import Path
 
 import torch
 
+from .. import artifacts
+from ..systems import SYSTEM_NAMES, get_system
 from . import checkpoint as ckpt
 from .filter import MNMEFFilter, default_device
 
-# The shipped weights; DAVIZ_PRETRAINED_DIR points the app and `daviz evaluate` at another folder of weights.
-PRETRAINED_DIR = Path(os.environ.get("DAVIZ_PRETRAINED_DIR") or Path(__file__).resolve().parents[2] / "pretrained")
+PRETRAINED_DIR = artifacts.PRETRAINED_DIR  # read at call time: a test may point this package elsewhere
 _NAME = re.compile(r"^(?P<system>[a-z0-9]+)_sigma(?P<sigma>[0-9.]+)_N(?P<N>\d+)(?:_ft(?P<ft>\d+))?\.pt$")
-_TITLES = {"l63": "Lorenz '63", "l96": "Lorenz '96", "ks": "Kuramoto–Sivashinsky", "linear": "Linear-Gaussian"}
 _cache: dict = {}
 _lock = threading.Lock()
 
@@ -61,7 +60,7 @@ def choose(system: str, sigma_y: float, N: int, variant: str = "auto", directory
     pre = sorted((e for e in entries if e["variant"] == "pretrained"), key=lambda e: (e["N"] != 10, abs(e["N"] - N)))
     pick = {"finetuned": tuned, "pretrained": pre, "auto": tuned + pre}[variant]
     if not pick:
-        title = _TITLES.get(system, repr(system))
+        title = get_system(system).title if system in SYSTEM_NAMES else repr(system)
         if variant == "finetuned" and pre:
             raise ckpt.CheckpointError(
                 f"no fine-tuned MNMEF weights for {title} at sigma_y={float(sigma_y)} and N={N}: run "

@@ -3,31 +3,29 @@
 Shipped files are `pretrained/nida_{system}_sigma{sigma_y}_L{window}.pt` (+ `.json`). The torch file holds what
 rebuilds the model (system, sigma_y, config, climatological normalization, weights); the sidecar holds the
 provenance (recipe, budget, seeds, code version, hardware, loss history, evaluation figures with commands).
-Every problem with a file raises CheckpointError (the MNMEF class, a ValueError) with a one-line message
+Every problem with a file raises CheckpointError (daviz.artifacts, a ValueError) with a one-line message
 naming the file (never its absolute path) and what to do.
 """
 from __future__ import annotations
 
-import os
 import re
 import threading
 from pathlib import Path
 
-import torch
-
-from ..mnmef.checkpoint import CheckpointError, atomic_write, code_version, hardware, shown, sidecar_path, write_meta
-from ..mnmef.checkpoint import read_meta as ckpt_read_meta
+from .. import artifacts
+from ..artifacts import CheckpointError, FileKind, load_torch, save_torch, shown, sidecar_path, write_meta
 from ..systems import SYSTEM_NAMES
 from .nida import NIDA, NIDAConfig
 
 FORMAT = "daviz-nida-1"
-PRETRAINED_DIR = Path(os.environ.get("DAVIZ_PRETRAINED_DIR") or Path(__file__).resolve().parents[2] / "pretrained")
+PRETRAINED_DIR = artifacts.PRETRAINED_DIR  # read at call time: a test may point this package elsewhere
 _NAME = re.compile(r"^nida_(?P<system>[a-z0-9]+)_sigma(?P<sigma>[0-9.]+)_L(?P<L>\d+)\.pt$")
-_REDO = "delete it and train it again with `python -m daviz.variational.nida_train`"
+KIND = FileKind("NIDA", FORMAT, missing="train them with `python -m daviz.variational.nida_train`",
+                redo="delete it and train it again with `python -m daviz.variational.nida_train`")
 _cache: dict = {}
 _lock = threading.Lock()
-__all__ = ["FORMAT", "PRETRAINED_DIR", "CheckpointError", "available", "code_version", "hardware", "load",
-           "load_pretrained", "read_meta", "record_evaluation", "save", "sidecar_path", "weights_name", "write_meta"]
+__all__ = ["FORMAT", "PRETRAINED_DIR", "CheckpointError", "available", "load", "load_pretrained", "read_meta",
+           "record_evaluation", "save", "sidecar_path", "weights_name"]
 
 
 def weights_name(system: str, sigma_y: float, window: int) -> str:
@@ -40,39 +38,28 @@ def save(path, model: NIDA, meta: dict | None = None, extra: dict | None = None)
     payload = {"format": FORMAT, "system": model.system.name, "sigma_y": model.sigma_y,
                "config": model.config.as_dict(), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                **(extra or {})}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    save_torch(path, payload)
     if meta is not None:
         write_meta(path, meta)
 
 
 def read_meta(path) -> dict:
     """The weights' JSON sidecar ({} when there is none; a broken one: CheckpointError)."""
-    return ckpt_read_meta(path, "NIDA", "train the weights again")
+    return artifacts.read_meta(path, "NIDA", "train the weights again")
 
 
 def load(path, system: str | None = None, sigma_y: float | None = None) -> tuple[NIDA, dict]:
     """(model in eval mode, frozen, float32 CPU; sidecar) from a weights file; CheckpointError on any problem."""
     path = Path(path)
-    name = shown(path)
-    if not path.is_file():
-        raise CheckpointError(f"NIDA weights {name} do not exist: train them with `python -m daviz.variational.nida_train`",
-                              path)
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"NIDA weights {name} are empty: {_REDO}", path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"NIDA weights {name} are corrupt or not a torch file ({type(exc).__name__}): {_REDO}",
-                              path) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"NIDA weights {name} are not a {FORMAT} file: {_REDO}", path)
+    data = load_torch(path, KIND)
     if data.get("system") not in SYSTEM_NAMES or not isinstance(data.get("config"), dict) \
             or not isinstance(data.get("model"), dict) or not isinstance(data.get("sigma_y"), (int, float)):
-        raise CheckpointError(f"NIDA weights {name} lack the system, sigma_y, config or weights: {_REDO}", path)
+        raise KIND.problem(path, "lack the system, sigma_y, config or weights")
     if system is not None and data["system"] != system:
-        raise CheckpointError(f"NIDA weights {name} were trained for system {data['system']!r}, not {system!r}", path)
+        raise CheckpointError(f"NIDA weights {shown(path)} were trained for system {data['system']!r}, not {system!r}",
+                              path)
     if sigma_y is not None and abs(float(data["sigma_y"]) - float(sigma_y)) > 1e-9:
-        raise CheckpointError(f"NIDA weights {name} were trained for sigma_y={float(data['sigma_y'])}, not "
+        raise CheckpointError(f"NIDA weights {shown(path)} were trained for sigma_y={float(data['sigma_y'])}, not "
                               f"{float(sigma_y)}", path)
     try:
         state = data["model"]
@@ -80,9 +67,7 @@ def load(path, system: str | None = None, sigma_y: float | None = None) -> tuple
                      state["mean"].numpy(), state["std"].numpy())
         model.load_state_dict(state)
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        detail = (str(exc).strip().splitlines() or [""])[0][:120]
-        raise CheckpointError(f"NIDA weights {name} do not fit the model ({type(exc).__name__}: {detail}): {_REDO}",
-                              path) from None
+        raise KIND.unfit(path, exc) from None
     model.eval()
     for q in model.parameters():
         q.requires_grad_(False)

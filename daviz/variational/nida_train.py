@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..artifacts import code_version, hardware
 from ..seeding import stream
 from ..systems import get_system
 from . import nida_io
@@ -185,8 +186,8 @@ def train(system: str, sigma_y: float, config: NIDAConfig, steps: int, batch: in
                    "background_a_range": list(sampler.a_range), "training_patterns": seen_pattern.__doc__.split("\n\n")[1]
                    .strip().replace("\n    ", " "), "loss": "MSE(final) + MSE(final, last time) + 0.5 mean MSE(earlier increments), "
                    "normalized units", "windows_seen": steps * batch},
-        "skipped_steps": skipped, "training_seconds": round(seconds, 1), "hardware": nida_io.hardware("cpu"),
-        "code_version": nida_io.code_version(), "parameters": sum(p.numel() for p in model.parameters()),
+        "skipped_steps": skipped, "training_seconds": round(seconds, 1), "hardware": hardware("cpu"),
+        "code_version": code_version(), "parameters": sum(p.numel() for p in model.parameters()),
         "loss_history_every_10": history[::10], "validation": val_history,
         "seeds": {"seed": seed, "streams": "daviz.seeding purpose 'train' (windows), 'tune' (validation)"},
         "saved_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
