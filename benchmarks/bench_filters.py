@@ -10,13 +10,12 @@ import argparse
 import time
 
 from daviz.experiment import TwinExperiment
-from daviz.filters import FILTER_NAMES, make_filter
-from daviz.tuning import tuned_params
+from daviz.filters import FILTER_NAMES
+from daviz.methods import build
 
 
 def throughput(system: str, name: str, N: int, B: int, cycles: int) -> float:
-    p = tuned_params(system, name, N, 1.0)
-    f = make_filter(name, system, 1.0, inflation=p["inflation"], radius=p["radius"])
+    f, _ = build(name, system, 1.0, N)
     exp = TwinExperiment(system, 1.0, N, {name: f}, trajectories=B, seed=0)
     exp.step()  # warm-up (caches, first allocation)
     start = time.perf_counter()

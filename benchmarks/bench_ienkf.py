@@ -18,13 +18,11 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # be
 import numpy as np  # noqa: E402
 
 from daviz.experiment import TwinExperiment  # noqa: E402
-from daviz.filters import make_filter  # noqa: E402
-from daviz.tuning import tuned_params  # noqa: E402
+from daviz.methods import build  # noqa: E402
 
 
 def measure(system: str, N: int, tol: float, B: int, cycles: int) -> tuple[float, float, float]:
-    inflation = tuned_params(system, "ienkf", N, 1.0)["inflation"]
-    f = make_filter("ienkf", system, 1.0, inflation=inflation, tol=tol)
+    f, _ = build("ienkf", system, 1.0, N, tol=tol)  # the tuned inflation
     exp = TwinExperiment(system, 1.0, N, {"ienkf": f}, trajectories=B, seed=0)
     exp.run(100)
     before, start = f.forecasts, time.process_time()

@@ -25,14 +25,14 @@ import time
 
 import numpy as np
 
-from daviz.cli import build_filter
 from daviz.experiment import TwinExperiment
+from daviz.methods import build
 from daviz.systems import get_system
 
 
 def analysis_ms(system_name: str, name: str, N: int, B: int, repeats: int) -> float:
     system = get_system(system_name)
-    f, _ = build_filter(name, system, 1.0, N)
+    f, _ = build(name, system, 1.0, N)
     exp = TwinExperiment(system, 1.0, N, {name: f}, trajectories=B, seed=0)
     exp.run(5)
     rng = np.random.default_rng(0)
@@ -85,7 +85,7 @@ def app_rate(system: str, N: int, cycles: int = 100) -> None:
 def site_errors(system_name: str, N: int, B: int, cycles: int, names=("letkf", "ensf", "latent-ensf")) -> None:
     """RMSE at observed and unobserved sites per filter (one twin experiment: the same truths for all)."""
     system = get_system(system_name)
-    filters = {name: build_filter(name, system, 1.0, N)[0] for name in names}
+    filters = {name: build(name, system, 1.0, N)[0] for name in names}
     exp = TwinExperiment(system, 1.0, N, filters, trajectories=B, seed=0)
     observed = np.zeros(system.dim, bool)
     observed[system.obs_idx] = True

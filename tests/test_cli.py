@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from daviz import cli
+from daviz.cli import evaluate, simulate
 from daviz.mnmef import pretrained
 
 HUGE_N = "100000000"  # no machine holds 64 trajectories of this ensemble
@@ -20,8 +21,9 @@ def _never(*args, **kwargs):
 @pytest.fixture
 def nothing_runs(monkeypatch):
     """Fail the test if an experiment is built or a filter loaded: refusals must come before any work."""
-    monkeypatch.setattr(cli, "TwinExperiment", _never)
-    monkeypatch.setattr(cli, "build_filter", _never)
+    monkeypatch.setattr(evaluate, "TwinExperiment", _never)
+    monkeypatch.setattr(simulate, "TwinExperiment", _never)
+    monkeypatch.setattr(evaluate, "build", _never)
 
 
 EVALUATE = ["evaluate", "--system", "l63", "--filters", "enkf", "--N", "5", "--trajectories", "2", "--cycles", "5",
@@ -122,7 +124,7 @@ def test_json_is_strict_null_for_nan(tmp_path, capsys):
 def test_strict_json_converts_nested_values():
     value = {"a": [np.float64("nan"), np.inf, -np.inf, 1.5], "b": np.array([1.0, np.nan]), "c": np.int64(3),
              "d": {"e": (float("nan"),)}, "f": None, "g": "NaN"}
-    assert _strict_loads(json.dumps(cli.strict_json(value), allow_nan=False)) == {
+    assert _strict_loads(json.dumps(evaluate.strict_json(value), allow_nan=False)) == {
         "a": [None, None, None, 1.5], "b": [1.0, None], "c": 3, "d": {"e": [None]}, "f": None, "g": "NaN"}
 
 

@@ -161,7 +161,7 @@ def test_tune_searches_ensf_settings_and_evaluate_uses_them(tmp_path, monkeypatc
     assert tuned["params"] == entry["params"] and tuned["inflation"] == entry["inflation"]
     # evaluate builds EnSF from the shipped table (or the defaults) and reports its settings
     rows = []
-    monkeypatch.setattr("daviz.cli.write_json", lambda path, r: rows.extend(r))
+    monkeypatch.setattr("daviz.cli.evaluate.write_json", lambda path, r: rows.extend(r))
     assert main(["evaluate", "--system", "l96", "--filters", "ensf", "--N", "10", "--trajectories", "1",
                  "--cycles", "3", "--quiet", "--json", str(tmp_path / "e.json")]) == 0
     assert rows[0]["filter"] == "ensf" and {"steps", "kernel", "inflation"} <= set(rows[0]["params"])

@@ -13,6 +13,7 @@ from daviz.latent import pretrained
 from daviz.latent.filter import LatentEnSF
 from daviz.latent.train import TrainSettings, pattern_shifts, train_vae
 from daviz.latent.vae import CoupledVAE, NumpyVAE, VAEConfig
+from daviz.methods import build
 from daviz.mnmef.checkpoint import CheckpointError
 from daviz.systems import get_system
 
@@ -139,7 +140,7 @@ def test_latent_ensf_removes_most_of_the_sparse_observation_weakness_on_ks():
     0.97 on 8 x 1000), Latent-EnSF with the shipped VAE and its recorded settings tracks (measured
     0.69-0.74); see the README for the full evaluation."""
     filters = {"ensf": make_filter("ensf", KS, 1.0, inflation=1.05),
-               "latent": make_filter("latent-ensf", KS, 1.0, inflation=None)}  # the sidecar's inflation and γ
+               "latent": build("latent-ensf", KS, 1.0, 20)[0]}  # the sidecar's inflation and γ
     exp = TwinExperiment(KS, 1.0, 20, filters, trajectories=4, seed=0, purpose="tune")
     r = exp.run(200)
     assert np.nanmean(r["ensf"]) > 1.0, r

@@ -8,6 +8,7 @@ import pytest
 from daviz import cli, tuning
 from daviz.experiment import TwinExperiment
 from daviz.systems import get_system
+from daviz.tuning import search
 from daviz.tuning import (METHOD, assess, evaluate_points, grid_for, is_current, is_tuned, is_untunable,
                           lost_track_level,
                           parse_rounds, ranking, refined_points, save_tuned, successive_halving, tune_many,
@@ -170,7 +171,7 @@ def test_skip_existing_redoes_entries_of_the_old_grid_search(tmp_path, monkeypat
     save_tuned("l63", "esrf", 15, 1.0, 1.05, None, 0.05, {"method": METHOD}, directory=tmp_path)
     assert is_tuned("l63", "esrf", 15, 1.0, tmp_path, METHOD) and not is_current("l63", "esrf", 15, 1.0, tmp_path)
     done = []
-    monkeypatch.setattr(tuning, "successive_halving", lambda *a, **k: done.append(a[2]) or {
+    monkeypatch.setattr(search, "successive_halving", lambda *a, **k: done.append(a[2]) or {
         "status": "diverged", "rounds": [{"trajectories": 1, "cycles": 1, "points": 1}], "grid_points": 1,
         "trajectory_cycles": 1, "cpu_seconds": 0.0, "seconds": 0.0, "lost": None, "diverged": None,
         "lost_level": 0.5})
@@ -189,7 +190,7 @@ def test_tuning_runs_on_tune_streams_disjoint_from_the_test_trajectories(monkeyp
             seen.append((kwargs["purpose"], kwargs["seed"]))
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(tuning, "TwinExperiment", Recording)
+    monkeypatch.setattr(search, "TwinExperiment", Recording)
     successive_halving("l63", "enkf", 5, 1.0, points=[(1.0, None), (1.1, None)], rounds=((2, 5), (2, 5)),
                        final=(2, 5), finalists=1, log=quiet)
     assert {p for p, _ in seen} == {"tune"} and len({s for _, s in seen}) == len(seen)

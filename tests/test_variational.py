@@ -250,8 +250,8 @@ def test_evaluate_command_runs_4dvar_with_the_filters_json_keys(tmp_path):
     assert 0 < var["rrmse_mean"] < 0.5 and var["rrmse_all_cycles_mean"] > 0
 
 
-def test_make_filter_builds_4dvar_for_the_app():
-    from daviz.filters import make_filter
+def test_the_methods_registry_builds_4dvar_for_the_app():
+    from daviz.methods import build
 
-    f = make_filter("4dvar", "l96", 1.0, inflation=1.05, radius=3.0)  # the app passes these; they do not apply
+    f, _ = build("4dvar", "l96", 1.0, 20, inflation=1.05, radius=3.0)  # the app passes these; they do not apply
     assert isinstance(f, FourDVar) and f.window == 3

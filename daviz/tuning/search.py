@@ -1,4 +1,4 @@
-"""Tuning inflation × localization radius of the baselines by successive halving, and the tuned tables.
+"""Successive halving of inflation × localization radius (or EnSF's settings) for the numpy baselines.
 
 `successive_halving` scores every grid point on short runs, keeps the best third for longer runs,
 adds a finer grid around the optimum (inflation steps of 0.01–0.02, radii half-way between the coarse
@@ -11,39 +11,25 @@ that `evaluate` uses), so the final score of the chosen point is not inflated by
 
 Within a round all points run in one batch: the twin experiment repeats the same truth, observations
 and initial ensemble once per point (`replicas`), and each copy gets its own inflation and radius.
-Points are ranked by (diverged trajectories, lost trajectories, mean R-RMSE): a point on which any
-trajectory diverges or loses track ranks behind every point on which none does, whatever its mean, so
-one bad trajectory is penalised rather than averaged away. A trajectory loses track when its R-RMSE over
-some window of LOST_TRACK_WINDOW = 100 consecutive cycles, or over the whole run, is above the
-climatological level (`lost_track_level`): the same flag as `evaluate`'s "lost" column, so that rare,
-temporary losses of track count and not only runs that are lost on average.
-
-Tables live in daviz/tuned/<system>_<filter>.json: {sigma_y: {N: {inflation, radius, rrmse, ...}}},
-each entry with the budget that produced it. (N, sigma_y) where every candidate diverged are listed in
-daviz/tuned/untunable.json instead.
+Points are ranked by daviz.tuning.scoring; `tune_many` (`daviz tune`) writes each result to the tables.
 """
 from __future__ import annotations
 
-import fcntl
-import json
 import math
 import os
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from itertools import product
 from pathlib import Path
 
 import numpy as np
 
-from .experiment import LOST_TRACK_WINDOW, TwinExperiment, climatology
-from .filters import FILTER_CLASSES, make_filter
-from .systems import get_system
-
-TUNED_DIR = Path(__file__).parent / "tuned"
-UNTUNABLE = "untunable.json"
-METHOD = "successive-halving"  # entries of older grid searches lack it and are re-tuned by --skip-existing
+from ..experiment import LOST_TRACK_WINDOW, TwinExperiment
+from ..filters import FILTER_CLASSES, filter_localizes, make_filter
+from ..systems import get_system
+from .scoring import assess, lost_track_level, ranking
+from .tables import METHOD, TUNED_DIR, is_current, is_untunable, save_tuned, save_untunable
 
 # Default grids: wide enough to contain the paper's optima (L96 LETKF radii 1..6 for N=5..100).
 INFLATION_GRID = (1.0, 1.02, 1.05, 1.1, 1.15, 1.2, 1.3, 1.45)
@@ -69,8 +55,7 @@ def grid_for(system_name: str, filter_name: str, inflations=None, radii=None, gr
         settings = dict(settings if grid is None else grid)
         names = sorted(settings)
         return list(product(inflations, [tuple(zip(names, v)) for v in product(*(settings[n] for n in names))]))
-    localizes = FILTER_CLASSES[filter_name].localizes and get_system(system_name).periodic
-    if not localizes:
+    if not filter_localizes(filter_name, get_system(system_name)):
         return [(a, None) for a in inflations]
     return list(product(inflations, tuple(radii or get_system(system_name).radius_grid)))
 
@@ -91,42 +76,6 @@ def parse_rounds(text: str | None) -> tuple[tuple[int, int], ...] | None:
     if not rounds:
         raise ValueError(f"no rounds in {text!r}")
     return tuple(rounds)
-
-
-def lost_track_level(system_name: str) -> float:
-    """R-RMSE above which a trajectory counts as having lost track: the climatological level R_clim.
-
-    R_clim = Σ_j ‖v_j − μ‖ / Σ_j ‖v_j‖ is the R-RMSE (5.2) of the estimator that ignores every observation
-    and always answers the climatological mean μ (`daviz.experiment.climatology`, estimated from 16 truths
-    x 2000 cycles on the attractor; L63 0.50, L96 0.84, KS 1.00). A trajectory whose R-RMSE over the whole
-    tuning run is above R_clim was, on average, further from the truth than the constant climatological
-    mean: the observations did not help at all, i.e. the filter lost track of the truth for a good part
-    of the run. The tuner applies the same test to every window of LOST_TRACK_WINDOW cycles (the twin
-    experiment's lost-track flag), which also catches a trajectory that loses track for a while and recovers.
-    """
-    return climatology(system_name)["rrmse"]
-
-
-def assess(values: np.ndarray, level: float, lost_windows: np.ndarray | None = None) -> dict:
-    """Per point, from per-trajectory R-RMSEs (n_points, trajectories) with NaN where diverged, and
-    optionally the trajectories that lost track in some window (same shape, bool): counts of diverged and
-    lost trajectories (run R-RMSE above `level`, or a lost window) and the mean R-RMSE of the finite ones."""
-    values = np.atleast_2d(np.asarray(values, dtype=float))
-    finite = np.isfinite(values)
-    diverged = (~finite).sum(axis=1)
-    with np.errstate(invalid="ignore"):
-        lost = values > level
-    if lost_windows is not None:
-        lost |= np.atleast_2d(np.asarray(lost_windows, dtype=bool))
-    lost = (finite & lost).sum(axis=1)
-    counts = finite.sum(axis=1)
-    mean = np.where(counts > 0, np.where(finite, values, 0.0).sum(axis=1) / np.maximum(counts, 1), np.inf)
-    return {"diverged": diverged, "lost": lost, "mean": mean}
-
-
-def ranking(assessed: dict) -> np.ndarray:
-    """Indices from best to worst: fewest diverged, then fewest lost trajectories, then lowest mean."""
-    return np.lexsort((assessed["mean"], assessed["lost"], assessed["diverged"]))
 
 
 def _values_chunk(args) -> tuple[np.ndarray, np.ndarray]:
@@ -296,122 +245,6 @@ def successive_halving(system_name: str, filter_name: str, N: int, sigma_y: floa
         cpu_seconds=round(_cpu_seconds() - cpu0, 1), seconds=round(time.perf_counter() - wall0, 1),
     )
     return result
-
-
-def table_path(system_name: str, filter_name: str, directory: Path = TUNED_DIR) -> Path:
-    return Path(directory) / f"{system_name}_{filter_name}.json"
-
-
-def is_tuned(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR, method: str | None = None) -> bool:
-    """Whether the table has an entry for (N, sigma_y); with `method`, only one made by that method."""
-    table = _read_table(table_path(system_name, filter_name, directory))
-    entry = table.get(f"{float(sigma_y)}", {}).get(str(int(N)))
-    return entry is not None and (method is None or entry.get("method") == method)
-
-
-def is_current(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR) -> bool:
-    """Whether the entry was made by this tuner: successive halving with the windowed lost-track test and a
-    final round as long as the test trajectories (entries of the older grid search, of halving that only
-    looked at whole-run R-RMSE, or with a shorter final round are not)."""
-    table = _read_table(table_path(system_name, filter_name, directory))
-    entry = table.get(f"{float(sigma_y)}", {}).get(str(int(N)), {})
-    return (entry.get("method") == METHOD and entry.get("lost_window") == LOST_TRACK_WINDOW
-            and entry.get("cycles", 0) >= get_system(system_name).test_cycles)
-
-
-def is_untunable(system_name, filter_name, N, sigma_y, directory: Path = TUNED_DIR) -> bool:
-    """Whether a search already found every candidate diverging at this (N, sigma_y)."""
-    table = _read_table(Path(directory) / UNTUNABLE)
-    return str(int(N)) in table.get(f"{system_name}_{filter_name}", {}).get(f"{float(sigma_y)}", {})
-
-
-def save_untunable(system_name, filter_name, N, sigma_y, meta: dict, directory: Path = TUNED_DIR) -> Path:
-    """Record in untunable.json that every candidate diverged (with the budget that showed it), and drop any
-    older setting for (N, sigma_y) from the tuned table: a setting this search saw diverge is not kept."""
-    path = Path(directory) / UNTUNABLE
-    with _tables_locked(directory):
-        table = _read_table(path)
-        table.setdefault(f"{system_name}_{filter_name}", {}).setdefault(f"{float(sigma_y)}", {})[str(int(N))] = meta
-        _write_table(path, table)
-        _drop_entry(table_path(system_name, filter_name, directory), [f"{float(sigma_y)}", str(int(N))])
-    return path
-
-
-def _drop_entry(path: Path, keys: list[str]) -> None:
-    """Remove table[keys[0]][keys[1]]... from a JSON table file, and the containers it leaves empty."""
-    table = _read_table(path)
-    chain = [table]  # the containers along `keys`, outermost first
-    for k in keys[:-1]:
-        if k not in chain[-1]:
-            return
-        chain.append(chain[-1][k])
-    if chain[-1].pop(keys[-1], None) is None:
-        return
-    for parent, k in zip(reversed(chain[:-1]), reversed(keys[:-1])):
-        if not parent[k]:
-            del parent[k]
-    _write_table(path, table)
-
-
-@contextmanager
-def _tables_locked(directory: Path):
-    """Hold an exclusive lock on the table directory for one read-modify-write: tuners of different tables
-    run side by side, and all of them may edit untunable.json."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _read_table(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_table(path: Path, table: dict) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def save_tuned(system_name, filter_name, N, sigma_y, inflation, radius, rrmse, meta: dict,
-               directory: Path = TUNED_DIR) -> Path:
-    path = table_path(system_name, filter_name, directory)
-    with _tables_locked(directory):
-        table = _read_table(path)
-        table.setdefault(f"{float(sigma_y)}", {})[str(int(N))] = {
-            "inflation": float(inflation), "radius": None if radius is None else float(radius),
-            "rrmse": float(rrmse), **meta,
-        }
-        _write_table(path, table)
-        # A search that now finds a setting supersedes an earlier "every candidate diverged".
-        _drop_entry(Path(directory) / UNTUNABLE, [f"{system_name}_{filter_name}", f"{float(sigma_y)}", str(int(N))])
-    return path
-
-
-def tuned_params(system_name: str, filter_name: str, N: int, sigma_y: float, directory: Path = TUNED_DIR) -> dict:
-    """Tuned {inflation, radius, source} for the nearest shipped σ_y and N (log-distance in N).
-
-    Falls back to a moderate default when nothing is shipped for this system and filter.
-    """
-    system = get_system(system_name)
-    localizes = filter_name in FILTER_CLASSES and FILTER_CLASSES[filter_name].localizes and system.periodic
-    path = table_path(system_name, filter_name, directory)
-    if path.exists():
-        table = json.loads(path.read_text())
-        if table:
-            s_key = min(table, key=lambda s: abs(float(s) - sigma_y))
-            n_key = min(table[s_key], key=lambda n: abs(np.log(int(n) / N)))
-            entry = table[s_key][n_key]
-            return {"inflation": entry["inflation"], "radius": entry["radius"] if localizes else None,
-                    "source": f"tuned at N={n_key}, sigma_y={s_key}",
-                    **({"params": entry["params"]} if isinstance(entry.get("params"), dict) else {})}
-    return {"inflation": system.fallback_inflation, "radius": system.fallback_radius if localizes else None,
-            "source": "default (not tuned)"}
 
 
 def tune_many(system_name: str, filter_name: str, Ns, sigma_ys, rounds=None, final=None, keep=None, finalists=None,
