@@ -125,8 +125,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 
 
-
-
 def get(name: str) -> Method:
     """The method registered as `name`, or ValueError naming the known ones."""
     if name not in METHODS:

@@ -4,8 +4,8 @@
 - scoring.py  ranking of candidates: diverged, then lost-track trajectories, then mean R-RMSE
 - search.py   grids, batched evaluation of grid points, successive halving, `daviz tune` (tune_many)
 
-The tables sit below the method packages: daviz.methods resolves every method's tuned settings from them,
-and `daviz train-latent` and MNMEF's warm start read them too.
+The package sits below the method packages: daviz.methods reads the baselines' tuned settings from the
+tables, MNMEF's warm start reads them too, and Latent-EnSF's settings search ranks as scoring does.
 """
 from __future__ import annotations
 
