@@ -239,7 +239,7 @@ def run_cli(args, capsys):
     ("--weight-decay", "-1", "weight decay must be a finite non-negative number"),
     ("--threads", "0", "--threads must be >= 1"),
     ("--checkpoint-minutes", "0", "checkpoint minutes must be a positive number"),
-    ("--out", "/proc/daviz-no-such-dir/t.pt", "cannot write the output /proc/daviz-no-such-dir/t.pt"),
+    ("--out", "/proc/daviz-no-such-dir/t.pt", "--out /proc/daviz-no-such-dir/t.pt: cannot write there"),
 ])
 def test_train_rejects_bad_input_before_work(tmp_path, capsys, no_training, flag, value, message):
     args = _set(BASE + ["--out", str(tmp_path / "t.pt")], flag, value)
@@ -258,7 +258,7 @@ def test_step_that_cannot_fit_in_memory(tmp_path, capsys, no_training, monkeypat
 
 def test_output_that_is_a_directory(tmp_path, capsys, no_training):
     code, err = run_cli(BASE + ["--out", str(tmp_path)], capsys)
-    assert code == 2 and "is a directory" in err
+    assert code == 2 and "is a folder, not a file" in err
 
 
 @pytest.fixture

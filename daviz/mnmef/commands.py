@@ -1,4 +1,4 @@
-"""`daviz train` and `daviz finetune` subcommands; `register(subparsers)` is called by daviz/cli.py.
+"""`daviz train` and `daviz finetune` subcommands; `register(subparsers)` is called by daviz/cli/.
 
 Also runnable alone: `python -m daviz.mnmef.commands train --system l96 ...` (and under torchrun).
 """

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..artifacts import check_writable
 from ..systems import get_system
 from . import checkpoint as ckpt
 from .model import MNMEF, ModelConfig, parameter_counts
@@ -27,7 +28,7 @@ from .rollout import RolloutLoss
 from .step import STATS, TrainStep, _is_oom, make_optimizer
 from .train_config import TrainConfig, finetune_config, finite, int_at_least, load_pretrained, table_c8
 from .train_data import batch_seed, epoch_windows, make_data
-from .train_runtime import (Stop, check_step_memory, check_writable, distributed, main_thread, pick_device,
+from .train_runtime import (Stop, check_step_memory, distributed, main_thread, pick_device,
                             pick_mode, step_memory_estimate)
 from .train_schedule import branch_path, lr_at, natural_decay
 from .warm_start import set_enkf_prior, warm_start
@@ -99,9 +100,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, device: str |
         int_at_least("until step", until_step, 1)
     if budget_seconds is not None:
         finite("budget seconds", budget_seconds, positive=True)
-    check_writable(out)
+    check_writable(out, "--out", make_folder=True)  # fail now, not after hours of training
     if cfg.schedule == "wsd":
-        check_writable(branch_path(out))
+        check_writable(branch_path(out), "--out")
     stop = Stop()  # installed first: a SIGTERM during set-up still ends with a checkpoint, not a kill
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread() else {}
     try:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -13,20 +12,6 @@ from .model import ModelConfig
 from .step import MODES
 from .train_config import TrainConfig
 from .train_data import MAX_OFFSET
-
-
-def check_writable(path) -> None:
-    """Fail now, not after hours of training, if `path` (and its .json sidecar) cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"output {path} is a directory; give a file name such as {path / 'model.pt'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.parent / f".{path.name}.write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"cannot write the output {path}: {exc.strerror or exc}") from None
 
 
 def step_memory_estimate(cfg: TrainConfig, world: int = 1) -> float:
