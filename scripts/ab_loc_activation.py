@@ -31,7 +31,7 @@ from daviz.mnmef.train_config import TrainConfig  # noqa: E402
 from daviz.mnmef import checkpoint as ckpt  # noqa: E402
 
 BASE = dict(system="l96", sigma_y=1.0, trajectories=2048, cycles=60, batch_size=32, lr=1e-3, weight_decay=1e-2,
-            schedule="wsd", warmup_steps=20, warm_start=True)
+            schedule="wsd", warmup_steps=20, warm_start="enkf")
 
 
 def config(activation: str, N: int, seed: int, steps: int) -> TrainConfig:

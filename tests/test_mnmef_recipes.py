@@ -294,9 +294,9 @@ def test_train_cpu_finetune_follows_the_one_rule(script_argv, tmp_path, sys_, pr
     new = script_argv("finetune", sys_, "1.0", N, 600)
     cfg = commands.build_config(parse(new))
     note = new[new.index("--note") + 1]
-    assert cfg == finetune_config(f"pretrained/{sys_}_sigma1.0_N10.pt", N, warm_start=True, schedule="wsd",
+    assert cfg == finetune_config(f"pretrained/{sys_}_sigma1.0_N10.pt", N, warm_start="enkf", schedule="wsd",
                                   warmup_steps=50, recipe_note=note)
     assert (cfg.trajectories, cfg.lr, cfg.batch_size, cfg.epochs) == (1024, pytest.approx(pre_lr / 10), batch, 20)
-    assert cfg.warm_start and cfg.model["loc_activation"] == "sigmoid"
+    assert cfg.warm_start == "enkf" and cfg.model["loc_activation"] == "sigmoid"
     args = parse(new)
     assert (args.budget_seconds, args.out, args.resume) == (600, f"pretrained/train_state/{sys_}_s1.0_ft{N}.pt", True)

@@ -101,26 +101,32 @@ def test_softmax_warm_start_keeps_gc_shape():
 
 def test_training_from_the_warm_start(tmp_path):
     """`warm_start` in the recipe: the run starts as the EnKF (recorded in the sidecar), and the buffers
-    survive a checkpoint and a resume; a fine-tune with warm_start swaps in its N's prior and inflation."""
+    survive a checkpoint and a resume; a fine-tune with warm_start "prior" swaps in its N's prior and inflation,
+    with "enkf" also zeroes the heads it trained (and keeps its set transformer)."""
     from daviz.mnmef import checkpoint as ckpt
     from daviz.mnmef.train import TrainConfig, init_model, train
 
     torch.set_num_threads(1)
     cfg = dict(system="l96", sigma_y=1.0, N=10, trajectories=16, cycles=6, batch_size=8, chains=4, epochs=1,
-               warm_start=True, model={"feature_dim": 16, "loc_activation": "sigmoid"})
+               warm_start="enkf", model={"feature_dim": 16, "loc_activation": "sigmoid"})
     model, extra = init_model(TrainConfig(**cfg))
-    assert extra["warm_start"]["kind"] == "warm_start" and extra["warm_start"]["N"] == 10
+    assert extra["warm_start"]["kind"] == "enkf" and extra["warm_start"]["N"] == 10
     assert torch.all(model.gain[-1].weight == 0) and float(model.fixed_inflation) == pytest.approx(tuned_enkf("l96", 1.0, 10)["inflation"])
     meta = train(TrainConfig(**cfg), tmp_path / "pre.pt", progress=False)
     assert meta["warm_start"]["radius"] == tuned_enkf("l96", 1.0, 10)["radius"]
     assert meta["progress"]["trajectory_cycles"] == 2 * 8 * 6
     saved = ckpt.load(tmp_path / "pre.pt")["model"]
     torch.testing.assert_close(saved["loc_prior"], model.loc_prior)
-    ft = TrainConfig(**{**cfg, "N": 40, "finetune_from": str(tmp_path / "pre.pt"), "model": {}})
+    trained = ckpt.load(tmp_path / "pre.pt")["model"]
+    ft = TrainConfig(**{**cfg, "N": 40, "finetune_from": str(tmp_path / "pre.pt"), "model": {}, "warm_start": "prior"})
     tuned, extra = init_model(ft)
-    assert extra["warm_start"]["kind"] == "set_enkf_prior"
+    assert extra["warm_start"]["kind"] == "prior"
     assert float(tuned.fixed_inflation) == pytest.approx(tuned_enkf("l96", 1.0, 40)["inflation"])
     assert not torch.equal(tuned.loc_prior, model.loc_prior)
+    torch.testing.assert_close(tuned.gain[-1].weight, trained["gain.6.weight"])  # heads as trained
+    again, extra = init_model(TrainConfig(**{**ft.__dict__, "warm_start": "enkf"}))
+    assert extra["warm_start"]["kind"] == "enkf" and torch.all(again.gain[-1].weight == 0)
+    torch.testing.assert_close(again.set_transformer.embed.weight, trained["set_transformer.embed.weight"])
 
 
 def test_observation_noise_is_redrawn_per_batch():

@@ -31,13 +31,13 @@ def pretrain_config(system: str, sigma_y: float, toy: bool):
     from .train import TrainConfig, table_c8
     if toy:
         return TrainConfig(system=system, sigma_y=sigma_y, N=10, epochs=1000, trajectories=8, cycles=4, batch_size=4,
-                           chains=4, schedule="wsd", warmup_steps=2, model=TOY_MODEL, warm_start=True,
+                           chains=4, schedule="wsd", warmup_steps=2, model=TOY_MODEL, warm_start="enkf",
                            recipe_note="toy run of scripts/train_gpu.sh (CI size; not for use)")
     lr, batch = table_c8(system)
     total = 1000 * (8192 // batch)
     return TrainConfig(system=system, sigma_y=sigma_y, N=10, epochs=1000, trajectories=8192, cycles=60, batch_size=batch,
                        lr=lr, weight_decay=1e-2, schedule="wsd", warmup_steps=max(1, total // 100), decay_fraction=0.2,
-                       warm_start=True, model={"loc_activation": "sigmoid"},
+                       warm_start="enkf", model={"loc_activation": "sigmoid"},
                        recipe_note=("scripts/train_gpu.sh: Table C.8 data, batch and LR (8192 windows x 60 cycles, "
                                     f"1000 epochs = {total} steps), warm start from the tuned localized EnKF (g = "
                                     "2·sigmoid), AdamW weight decay 1e-2, wsd schedule (1% warm-up, "
@@ -48,7 +48,7 @@ def pretrain_config(system: str, sigma_y: float, toy: bool):
 
 def finetune_cfg(pretrained: Path, N: int, toy: bool):
     from .train import finetune_config
-    return finetune_config(pretrained, N, schedule="wsd", warmup_steps=0, decay_fraction=0.2, warm_start=True, recipe_note=(
+    return finetune_config(pretrained, N, schedule="wsd", warmup_steps=0, decay_fraction=0.2, warm_start="enkf", recipe_note=(
         "toy fine-tune (CI size)" if toy else
         "scripts/train_gpu.sh fine-tune: the rule of daviz.mnmef.train_config.finetune_config (paper §4.4), the N's "
         "EnKF prior swapped in, with a wsd schedule cut to the run's time budget"))

@@ -40,12 +40,12 @@ class TrainingError(ValueError):
 
 
 def init_model(cfg: TrainConfig) -> tuple[MNMEF, dict]:
-    """Fresh model, or the pretrained one (set transformer frozen) when fine-tuning; `warm_start` makes a fresh
-    model the tuned localized EnKF at N, and gives a fine-tune that N's localization prior and inflation."""
+    """Fresh model, or the pretrained one (set transformer frozen) when fine-tuning; then the warm start:
+    "enkf" makes it the tuned localized EnKF at N (heads zeroed), "prior" swaps in only N's prior and inflation."""
     model, extra = _initial_model(cfg)
-    if cfg.warm_start:
-        apply = set_enkf_prior if cfg.finetune_from else warm_start
-        extra["warm_start"] = {"kind": apply.__name__, **apply(model, cfg.N)}
+    if cfg.warm_start != "none":
+        apply = warm_start if cfg.warm_start == "enkf" else set_enkf_prior
+        extra["warm_start"] = {"kind": cfg.warm_start, **apply(model, cfg.N)}
     return model, extra
 
 

@@ -25,6 +25,7 @@ def table_c8(system: str) -> tuple[float, int]:
 
 
 SCHEDULES = ("steps", "cosine", "wsd")
+WARM_STARTS = ("none", "prior", "enkf")
 MAX_N = 1000  # far above the paper's 100; beyond it a step would not fit in memory anyway
 
 
@@ -61,12 +62,16 @@ class TrainConfig:
     finetune_from: str | None = _opt(None, "pretrained checkpoint", flag="from")
     model: dict = _opt(dict, "ModelConfig fields")
     recipe_note: str = _opt("", "recipe note recorded in the metadata", flag="note")
-    warm_start: bool = _opt(False, "start as the tuned localized EnKF at N (pretrain: heads zeroed; fine-tune: that N's "
-                            "localization prior and inflation swapped in; daviz.mnmef.warm_start)")
+    warm_start: str = _opt("none", "start from the tuned localized EnKF at N (daviz.mnmef.warm_start): enkf = heads' last "
+                           "layers zeroed and N's localization prior and inflation set (step 0 is that EnKF; a fine-tune "
+                           "keeps its trained set transformer); prior = only the prior and inflation swapped in; none",
+                           choices=WARM_STARTS)
     redraw_obs_noise: bool = _opt(True, "draw fresh observation noise for every batch (authors' code; default); "
                                   "false: one fixed draw per truth chain")
 
     def __post_init__(self):
+        if isinstance(self.warm_start, bool):  # recipes written when it was a switch
+            self.warm_start = "enkf" if self.warm_start else "none"
         lr, batch = table_c8(self.system)
         self.lr = lr if self.lr is None else self.lr
         self.batch_size = batch if self.batch_size is None else self.batch_size
@@ -119,6 +124,8 @@ def validate(cfg: TrainConfig) -> None:
     finite("weight decay", cfg.weight_decay)
     if not 0 < float(cfg.decay_fraction) < 1:
         raise ValueError(f"decay fraction must be in (0, 1), got {cfg.decay_fraction!r}")
+    if cfg.warm_start not in WARM_STARTS:
+        raise ValueError(f"warm start must be one of {WARM_STARTS}, got {cfg.warm_start!r}")
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     for f in cfg.lr_milestones:
