@@ -1,15 +1,18 @@
 #!/usr/bin/env python
-"""Three starts for a per-N fine-tune (issue 20 point 4), scored on the tune set before any fine-tuning:
+"""Three starts for a per-N fine-tune (issue 20 point 4), scored on the tune set before any fine-tuning; each
+is a value of the fine-tune's --warm-start:
 
-  n10        the shipped N = 10 weights as they are (localization prior and inflation of N = 10);
-  n10+prior  the same weights with the tuned EnKF's localization prior and inflation for N swapped in
-             (warm_start "prior" of a fine-tune: daviz.mnmef.warm_start.set_enkf_prior);
-  enkf       the same weights with the heads' last layers zeroed as well (warm_start "enkf"): at step 0
-             exactly the tuned localized EnKF for N, with the trained set transformer for the heads to learn on.
+  none   the shipped N = 10 weights as they are (localization prior and inflation of N = 10);
+  prior  the same weights with the tuned EnKF's localization prior and inflation for N swapped in
+         (daviz.mnmef.warm_start.set_enkf_prior);
+  enkf   the same weights with the heads' last layers zeroed as well: at step 0 exactly the tuned localized
+         EnKF for N, with the trained set transformer for the heads to learn on.
 
     python scripts/compare_starts.py --system l96 --sigma-y 1.0 --N 5,20,40,100 [--trajectories 32 --cycles 1000]
+    python scripts/compare_starts.py --system l96 --sigma-y 1.0 --N 40 --best   # prints the best start only
 
-Each row goes to results/mnmef_starts_SYSTEM_sSIGMA.json as it finishes (a rerun skips rows already there).
+Each row goes to results/mnmef_starts_SYSTEM_sSIGMA.json as it finishes, keyed by the weights' training step
+(a rerun, or --best, measures only what is not there yet).
 """
 from __future__ import annotations
 
@@ -31,10 +34,10 @@ from daviz.mnmef.warm_start import set_enkf_prior, warm_start  # noqa: E402
 
 def starts(weights: Path, N: int):
     data = ckpt.load(weights)
-    yield "n10", ckpt.build_model(data, weights)
+    yield "none", ckpt.build_model(data, weights)
     model = ckpt.build_model(data, weights)
     set_enkf_prior(model, N)
-    yield "n10+prior", model
+    yield "prior", model
     model = ckpt.build_model(data, weights)
     warm_start(model, N)
     yield "enkf", model
@@ -49,6 +52,7 @@ def main() -> None:
     ap.add_argument("--trajectories", type=int, default=32)
     ap.add_argument("--cycles", type=int, default=1000)
     ap.add_argument("--out", help="default: results/mnmef_starts_SYSTEM_sSIGMA.json")
+    ap.add_argument("--best", action="store_true", help="print only the name of the best start (one --N)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     weights = Path(a.weights or ROOT / "pretrained" / f"{a.system}_sigma{a.sigma_y}_N10.pt")
@@ -69,8 +73,11 @@ def main() -> None:
                 row = evaluate_model(model.eval(), N, trajectories=a.trajectories, cycles=a.cycles, purpose="tune")
             doc["rows"].append({"start": name, "N": N, "weights_step": key[2], **row})
             out.write_text(json.dumps(doc, indent=1) + "\n")
-            print(f"N={N:>3} {name:>10}: R-RMSE {row['rrmse_mean']:.4f} ± {row['rrmse_std']:.4f} "
-                  f"(diverged {row['diverged']}, {time.time() - t0:.0f} s)", flush=True)
+            print(f"N={N:>3} {name:>6}: R-RMSE {row['rrmse_mean']:.4f} ± {row['rrmse_std']:.4f} "
+                  f"(diverged {row['diverged']}, {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    if a.best:
+        rows = [r for r in doc["rows"] if r["N"] == int(a.N) and r["weights_step"] == doc["weights"]["step"]]
+        print(min(rows, key=lambda r: (r["diverged"], r["rrmse_mean"]))["start"])
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@
 # warm, finetune: SECONDS of wall time on one thread. The resumable trunk lives in pretrained/train_state/
 # (committed, so the next session continues it exactly); the run ends with a branch decayed from the trunk,
 # which replaces the shipped pretrained/SYSTEM_sigmaSIGMA_N10[_ftN].pt only if it scores better on the tune set
-# (python -m daviz.mnmef.promote). A fine-tune trunk refuses to resume once the N = 10 weights it started from
-# were replaced (delete it to fine-tune the new ones).
+# (python -m daviz.mnmef.promote). A new fine-tune starts from the best of three starts on the tune set
+# (scripts/compare_starts.py: the N = 10 weights as they are, with N's prior swapped in, or heads zeroed = the
+# EnKF at N); a fine-tune trunk refuses to resume once the N = 10 weights it started from were replaced (delete
+# it to fine-tune the new ones).
 # pretrain, wsd: the recipes of the first shipped weights (one fixed observation-noise draw per chain, no warm
 # start); their checkpoints go to runs/ and are exported to pretrained/ as they are.
 set -euo pipefail
@@ -48,7 +50,9 @@ else
   N=$4 seconds=$5
   trunk="pretrained/train_state/${sys}_s${sy}_ft${N}.pt"
   rm -f "${trunk%.pt}_decayed.pt" "${trunk%.pt}_decayed.json"  # a stale branch must not be promoted
-  daviz finetune --recipe cpu-finetune --from "pretrained/${sys}_sigma${sy}_N10.pt" --N "$N" \
+  start=enkf  # a new fine-tune starts from the best of three starts on the tune set (a resumed one from its trunk)
+  [ -f "$trunk" ] || start=$(python scripts/compare_starts.py --system "$sys" --sigma-y "$sy" --N "$N" --best)
+  daviz finetune --recipe cpu-finetune --from "pretrained/${sys}_sigma${sy}_N10.pt" --N "$N" --warm-start "$start" \
     --budget-seconds "$seconds" --threads 1 --checkpoint-minutes 5 --no-progress --out "$trunk" --resume \
     --note "CPU fine-tune for N=$N (scripts/train_cpu.sh finetune; recipe cpu-finetune), spread over sessions"
   cand="${trunk%.pt}_decayed.pt"

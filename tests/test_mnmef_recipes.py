@@ -225,7 +225,9 @@ def script_argv(tmp_path, monkeypatch):
     stubs = tmp_path / "bin"
     stubs.mkdir()
     record = tmp_path / "argv"
-    for name, body in (("daviz", f'printf "%s\\0" "$@" > "{record}"\n'), ("python", "exit 0\n")):
+    # python: the fine-tune's choice of start (scripts/compare_starts.py --best) answers "prior"
+    python = 'case "$*" in *compare_starts.py*--best*) echo prior;; esac\nexit 0\n'
+    for name, body in (("daviz", f'printf "%s\\0" "$@" > "{record}"\n'), ("python", python)):
         (stubs / name).write_text("#!/bin/sh\n" + body)
         (stubs / name).chmod(stat.S_IRWXU)
     monkeypatch.chdir(tmp_path)
@@ -294,9 +296,9 @@ def test_train_cpu_finetune_follows_the_one_rule(script_argv, tmp_path, sys_, pr
     new = script_argv("finetune", sys_, "1.0", N, 600)
     cfg = commands.build_config(parse(new))
     note = new[new.index("--note") + 1]
-    assert cfg == finetune_config(f"pretrained/{sys_}_sigma1.0_N10.pt", N, warm_start="enkf", schedule="wsd",
+    assert cfg == finetune_config(f"pretrained/{sys_}_sigma1.0_N10.pt", N, warm_start="prior", schedule="wsd",
                                   warmup_steps=50, recipe_note=note)
     assert (cfg.trajectories, cfg.lr, cfg.batch_size, cfg.epochs) == (1024, pytest.approx(pre_lr / 10), batch, 20)
-    assert cfg.warm_start == "enkf" and cfg.model["loc_activation"] == "sigmoid"
+    assert cfg.warm_start == "prior" and cfg.model["loc_activation"] == "sigmoid"  # the best start, as compared
     args = parse(new)
     assert (args.budget_seconds, args.out, args.resume) == (600, f"pretrained/train_state/{sys_}_s1.0_ft{N}.pt", True)
