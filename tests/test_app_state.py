@@ -27,7 +27,8 @@ def st():
 
 @pytest.fixture
 def no_mnmef(monkeypatch):
-    monkeypatch.setattr(mnmef_weights, "get_filter", lambda *a: (None, "no weights in this test"))
+    monkeypatch.setattr(mnmef_weights, "get_filter",
+                        lambda *a: (None, mnmef_weights.MnmefState.unavailable("no weights in this test")))
 
 
 # ---------------------------------------------------------------------------- recorder and wire format
@@ -118,7 +119,7 @@ def test_setup_changes_restart_and_reset_tuned_defaults(st):
 
     st.N = 15
     assert st.cycle == 0 and st.restarts == restarts + 1 and st.experiment.N == 15
-    tuned = st._tuned_for("letkf")
+    tuned = st.tuned_for("letkf")
     assert st.localization == "tuned" and st.inflation_mode == "tuned"
     assert st.radius == pytest.approx(tuned["radius"]) and st.inflation == pytest.approx(tuned["inflation"])
     assert st.experiment.filters["LETKF"].radius == pytest.approx(tuned["radius"])

@@ -34,7 +34,8 @@ from . import mnmef_weights
 from .plots import ExplorerPlots
 from .presets import explanation
 from .runs import RUNS
-from .state import SIGMA_BOUNDS, SYSTEMS, ExplorerState
+from .settings import SIGMA_BOUNDS, SYSTEMS
+from .state import ExplorerState
 from .url import sync_url
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Explorer(pn.viewable.Viewer):
                                       flex_wrap="wrap", align_content="flex-start")
         # Watchers may run on an engine thread (restarts): those touching Bokeh models only mark work
         # for the loop, which runs on the event loop holding the document lock.
-        self.state.param.watch(self._on_message, ["message", "mnmef_status", "preset", "tuned_source"])
+        self.state.param.watch(self._on_message, ["message", "mnmef", "preset", "tuned_source"])
         self.state.param.watch(lambda *e: self._mark("series"), "component")
         self.state.param.watch(lambda *e: self._mark("localization"), ["localization", "radius"])
         self.state.param.watch(self._on_playing, "playing")
@@ -303,8 +304,7 @@ class Explorer(pn.viewable.Viewer):
                 log.error("engine work failed", exc_info=exc)
                 st.pause()
                 st.message = f"update failed: {exc}"
-        if self._work is None and not self._jobs and st.mnmef_status.startswith("MNMEF: loading") \
-                and mnmef_weights.ready(st.system, float(st.sigma_y), int(st.N)):
+        if self._work is None and not self._jobs and st.mnmef_arrived():
             st.request_restart()  # the weights arrived: rebuild with MNMEF
         if self._work is None:
             self._work = self._next_work()
