@@ -350,7 +350,7 @@ def test_frames_carry_only_new_columns_and_wait_for_the_browser():
     assert codes.dtype == np.uint8 and codes.shape == (40, e.state.window)
     e.state.advance(3)
     assert plots.pending() and not plots.ready(now=plots.sent_at + 1.0)  # frame 1 not yet drawn
-    plots._on_ack("tags", [], [1])
+    plots.frame.tags = [1]  # what the browser does once it has drawn frame 1
     assert plots.ready()
     assert plots.push_frame() == 3
     frame = plots.frame.data
@@ -390,7 +390,7 @@ def test_step_and_play_through_the_loop():
         e._loop()
         if e._work is not None:
             e._work.result(timeout=60)
-        e.plots._on_ack("tags", [], [e.plots.seq])  # what the browser does after drawing
+        e.plots.frame.tags = [e.plots.seq]  # what the browser does after drawing
     assert e.state.cycle >= 5 and e.frames >= 1
     e.state.pause()
     _run_jobs(e)

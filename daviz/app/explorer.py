@@ -342,8 +342,8 @@ class Explorer(pn.viewable.Viewer):
             return
         if "series" in what:
             self.plots.refresh_series()
-        if "localization" in what and self.plots.loc_fig is not None:
-            self.plots._update_localization(self.state.recorder)
+        if "localization" in what:
+            self.plots.refresh_localization()
 
     def _connection_lost(self) -> bool:
         """True once the browser that had this session has gone (tab closed, network lost)."""
