@@ -57,9 +57,8 @@ def sync_url(explorer) -> None:
         for name, raw in values.items():
             try:
                 value = _convert_url_value(name, str(raw)) if isinstance(raw, str) else raw
-                state.param[name]._validate(value)
                 with state.quietly():
-                    setattr(state, name, value)
+                    setattr(state, name, value)  # param refuses a value outside its type or bounds
             except Exception:
                 refused.append(f"{name}={raw}")
 
@@ -72,14 +71,13 @@ def sync_url(explorer) -> None:
         state.apply_tuned_defaults()
         state.restart()
     if refused:
-        explorer.url_problem = ("ignored URL settings (shown as typed): " + ", ".join(refused)
-                                + f". Accepted: N {N_BOUNDS[0]}–{N_BOUNDS[1]}, σ_y {SIGMA_BOUNDS[0]}–{SIGMA_BOUNDS[1]}, "
-                                f"seed {SEED_BOUNDS[0]}–2³²−1, filters from {', '.join(RUNS)}.")
-        explorer._on_message()
+        explorer.show_url_problem(
+            "ignored URL settings (shown as typed): " + ", ".join(refused)
+            + f". Accepted: N {N_BOUNDS[0]}–{N_BOUNDS[1]}, σ_y {SIGMA_BOUNDS[0]}–{SIGMA_BOUNDS[1]}, "
+            f"seed {SEED_BOUNDS[0]}–2³²−1, filters from {', '.join(RUNS)}.")
 
         def clear(*events):
-            explorer.url_problem = ""
-            explorer._on_message()
+            explorer.show_url_problem("")
             state.param.unwatch(watcher)
 
         watcher = state.param.watch(clear, list(URL_PARAMS))
