@@ -6,6 +6,7 @@ import numpy as np
 from bokeh.layouts import column
 from bokeh.models import ColumnDataSource, Div, Range1d
 
+from ..frames import send_lines
 from ..runs import RUNS
 from .style import fit_end, plain_figure
 
@@ -51,11 +52,7 @@ class DiagnosticsView:
 
     def update(self, rec, k: int, full: bool) -> int:
         """Add the newest k cycles of spread and error; redraw the histograms. Returns the bytes streamed."""
-        data = self._columns(rec, k)
-        if full:
-            self.source.data = data
-        else:
-            self.source.stream(data, rollover=rec.window)
+        sent = send_lines(self.source, self._columns(rec, k), full, rec.window)
         spread_top = 0.0
         for label in self.labels:
             r = rec.runs[label]
@@ -71,7 +68,7 @@ class DiagnosticsView:
             src.data = {"rank": np.arange(self.N + 1), **hist}
             fit_end(fig.y_range, top * 1.1)
         fit_end(self.y_range, 1.1 * (spread_top or 1.0))
-        return sum(np.asarray(col).nbytes for col in data.values())
+        return sent
 
     def _columns(self, rec, k: int) -> dict:
         data = {"t": rec.cycles.last(k)}

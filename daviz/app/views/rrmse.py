@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from bokeh.models import ColumnDataSource, Range1d
 
+from ..frames import send_lines
 from ..runs import RUNS
 from .style import fit_end, plain_figure
 
@@ -27,15 +28,11 @@ class RrmseView:
 
     def update(self, rec, k: int, full: bool) -> int:
         """Add the newest k cycles (all of the window when `full`); returns the bytes sent."""
-        data = self._columns(rec, k)
-        if full:
-            self.source.data = data
-        else:
-            self.source.stream(data, rollover=rec.window)
+        sent = send_lines(self.source, self._columns(rec, k), full, rec.window)
         on_track = [rec.runs[label].rrmse.ordered() for label in self.labels if not rec.runs[label].status]
         top = max((float(np.nanmax(v)) for v in on_track if np.isfinite(v).any()), default=1.0)
         fit_end(self.y_range, 1.1 * min(top, 5.0))
-        return sum(np.asarray(col).nbytes for col in data.values())
+        return sent
 
     def _columns(self, rec, k: int) -> dict:
         data = {"t": rec.cycles.last(k)}

@@ -4,9 +4,9 @@ The variational runs (4D-Var, NIDA) assimilate whole windows: the window being c
 """
 from __future__ import annotations
 
-import numpy as np
 from bokeh.models import BoxAnnotation, ColumnDataSource, Range1d
 
+from ..frames import send_lines
 from ..runs import OBS_COLOR, RUNS, TRUTH_COLOR
 from .style import plain_figure
 
@@ -51,11 +51,7 @@ class SeriesView:
 
     def update(self, rec, k: int, full: bool) -> int:
         """Add the newest k cycles (all of the window when `full`); returns the bytes sent."""
-        data = self._columns(rec, k)
-        if full:
-            self.source.data = data
-        else:
-            self.source.stream(data, rollover=self.W)
+        sent = send_lines(self.source, self._columns(rec, k), full, self.W)
         for label, box in self.window_boxes:
             phase = rec.runs[label].window
             if phase is None:
@@ -64,7 +60,7 @@ class SeriesView:
             # The window ends at the next solve: from the last analysis (cycle - done) to L cycles later.
             start = rec.last_cycle - done
             box.update(left=start + 0.5, right=start + length + 0.5, visible=True)
-        return sum(np.asarray(col).nbytes for col in data.values())
+        return sent
 
     def refresh(self, rec) -> None:
         """Redraw the whole window and the title (the shown site changed)."""
