@@ -27,7 +27,8 @@ def st():
 
 @pytest.fixture
 def no_mnmef(monkeypatch):
-    monkeypatch.setattr(mnmef_weights, "get_filter", lambda *a: (None, "no weights in this test"))
+    monkeypatch.setattr(mnmef_weights, "get_filter",
+                        lambda *a: (None, mnmef_weights.MnmefState.unavailable("no weights in this test")))
 
 
 # ---------------------------------------------------------------------------- recorder and wire format
@@ -118,7 +119,7 @@ def test_setup_changes_restart_and_reset_tuned_defaults(st):
 
     st.N = 15
     assert st.cycle == 0 and st.restarts == restarts + 1 and st.experiment.N == 15
-    tuned = st._tuned_for("letkf")
+    tuned = st.tuned_for("letkf")
     assert st.localization == "tuned" and st.inflation_mode == "tuned"
     assert st.radius == pytest.approx(tuned["radius"]) and st.inflation == pytest.approx(tuned["inflation"])
     assert st.experiment.filters["LETKF"].radius == pytest.approx(tuned["radius"])
@@ -332,10 +333,10 @@ def _explorer(**kw):
 def _run_jobs(e):
     """Run the explorer's loop until its engine work is done (what the served loop does on its own)."""
     for _ in range(100):
-        e._loop()
-        if e._work is None and not e._jobs:
+        e.loop.tick()
+        if e.loop.work is None and not e.loop.jobs:
             return
-        e._work.result(timeout=120)
+        e.loop.work.result(timeout=120)
     raise AssertionError("the loop did not settle")
 
 
@@ -349,7 +350,7 @@ def test_frames_carry_only_new_columns_and_wait_for_the_browser():
     assert codes.dtype == np.uint8 and codes.shape == (40, e.state.window)
     e.state.advance(3)
     assert plots.pending() and not plots.ready(now=plots.sent_at + 1.0)  # frame 1 not yet drawn
-    plots._on_ack("tags", [], [1])
+    plots.frame.tags = [1]  # what the browser does once it has drawn frame 1
     assert plots.ready()
     assert plots.push_frame() == 3
     frame = plots.frame.data
@@ -358,7 +359,7 @@ def test_frames_carry_only_new_columns_and_wait_for_the_browser():
     assert plots.sent_bytes < 3 * 40 * len(plots.images) + 4000  # bytes, not a window of float32 images
     assert plots.x_range.end == pytest.approx(3.5)
     assert not plots.pending() and plots.push_frame() == 0
-    assert "cycle <span id='daviz-cycle'>0</span>" not in e._status_html()
+    assert "cycle <span id='daviz-cycle'>0</span>" not in e.status_html()
 
 
 def test_the_loop_restarts_off_the_caller_and_rebuilds_the_figures():
@@ -366,7 +367,7 @@ def test_the_loop_restarts_off_the_caller_and_rebuilds_the_figures():
     plots = e.plots
     e.state.system = "ks"
     assert e.state.restarting and e.plots is plots and e.state.experiment.system.name == "l96"
-    assert "restarting…" in e._status_html()
+    assert "restarting…" in e.status_html()
     _run_jobs(e)
     assert e.plots is not plots and e.plots.dim == 128 and not e.state.restarting
     e.state.system = "l63"
@@ -379,33 +380,33 @@ def test_the_loop_restarts_off_the_caller_and_rebuilds_the_figures():
 
 def test_step_and_play_through_the_loop():
     e = _explorer(filters=FAST, N=10)
-    e._on_step()
+    e.loop.step()
     _run_jobs(e)
     assert e.state.cycle == 1
     e.state.speed = 60
     e.state.play()
     deadline = time.monotonic() + 60
     while e.state.cycle < 5 and time.monotonic() < deadline:
-        e._loop()
-        if e._work is not None:
-            e._work.result(timeout=60)
-        e.plots._on_ack("tags", [], [e.plots.seq])  # what the browser does after drawing
+        e.loop.tick()
+        if e.loop.work is not None:
+            e.loop.work.result(timeout=60)
+        e.plots.frame.tags = [e.plots.seq]  # what the browser does after drawing
     assert e.state.cycle >= 5 and e.frames >= 1
     e.state.pause()
     _run_jobs(e)
     c = e.state.cycle
-    e._loop()
-    assert e._work is None and e.state.cycle == c
+    e.loop.tick()
+    assert e.loop.work is None and e.state.cycle == c
 
 
 def test_typed_inputs_refuse_bad_values_visibly():
     e = _explorer(filters=FAST, N=10)
-    e.w_sigma.value = "0"
-    assert e.state.sigma_y == 1.0 and e.w_sigma.value == "1.0"
-    assert "refused" in e.state.message and "0.05" in e.state.message and e.message.visible
-    e.w_seed.value = "2.5"
-    assert e.state.seed == 0 and e.w_seed.value == "0" and "whole number" in e.state.message
-    e.w_sigma.value = "0.8"
+    e.controls.sigma_y.value = "0"
+    assert e.state.sigma_y == 1.0 and e.controls.sigma_y.value == "1.0"
+    assert "refused" in e.state.message and "0.05" in e.state.message and e.notes.message.visible
+    e.controls.seed.value = "2.5"
+    assert e.state.seed == 0 and e.controls.seed.value == "0" and "whole number" in e.state.message
+    e.controls.sigma_y.value = "0.8"
     _run_jobs(e)
     assert e.state.sigma_y == 0.8 and e.state.experiment.sigma_y == 0.8 and e.state.message == ""
 
@@ -414,18 +415,19 @@ def test_messages_are_escaped_never_markup():
     pn = pytest.importorskip("panel")
     e = _explorer(filters=FAST, N=10)
     e.state.message = "ignored: seed=<img src=x onerror=alert(1)> [Session expired](https://evil.example/login)"
-    assert isinstance(e.message, pn.pane.HTML) and not isinstance(e.message, pn.pane.Markdown)  # no markdown
-    text = e.message.object
+    message = e.notes.message
+    assert isinstance(message, pn.pane.HTML) and not isinstance(message, pn.pane.Markdown)  # no markdown
+    text = message.object
     assert "<img" not in text and "&lt;img" in text
     assert "[Session expired](https://evil.example/login)" in text  # shown as typed, inert
 
 
 def test_cleanup_stops_everything():
     e = _explorer(filters=FAST, N=10)
-    e._cleanup(None)
+    e.close()
     assert e.state.closed and e.state.experiment is None and e.state.recorder is None and e.plots is None
-    e._loop()  # a look after the session ended does nothing
-    assert e._work is None
+    e.loop.tick()  # a look after the session ended does nothing
+    assert e.loop.work is None
 
 
 def test_url_values_apply_one_by_one_and_bad_ones_are_named(monkeypatch):
@@ -443,10 +445,10 @@ def test_url_values_apply_one_by_one_and_bad_ones_are_named(monkeypatch):
     assert (st.N, st.sigma_y, st.seed) == (20, 1.0, 0)  # the bad ones are refused
     for shown in ("N=3", "sigma_y=0", "seed=[x](https://evil.example)"):
         assert shown in e.url_problem
-    assert "&lt;" not in e.url_problem and "[x](https://evil.example)" in e.message.object  # as typed, inert
+    assert "&lt;" not in e.url_problem and "[x](https://evil.example)" in e.notes.message.object  # as typed, inert
     assert st.experiment is not None and st.experiment.system.name == "ks"
     st.speed = 12  # the next change by the user clears the note
-    assert e.url_problem == "" and not e.message.visible
+    assert e.url_problem == "" and not e.notes.message.visible
 
 
 def test_variational_runs_shade_their_window_on_the_site_plot():

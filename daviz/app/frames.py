@@ -1,4 +1,5 @@
-"""The explorer's wire format: Hovmöller columns as 8-bit colour codes, applied in the browser.
+"""The explorer's wire format: Hovmöller columns as 8-bit colour codes applied in the browser, and the
+new points of the line plots.
 
 A frame carries only the columns recorded since the previous frame, quantised to the 255 levels a
 256-colour map can show (code 255 = missing: NaN, or a diverged filter), so a push at one cycle per
@@ -20,6 +21,16 @@ def quantize(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     codes = np.clip(np.rint((v - lo) * (TOP / (hi - lo))), 0, TOP)
     return np.where(np.isfinite(v), codes, MISSING).astype(np.uint8)
+
+
+def send_lines(source, data: dict, full: bool, window: int) -> int:
+    """Points of a line plot: the whole window when `full` (a new experiment or layout), else only the
+    new ones, streamed (the browser drops what falls out of the window). Returns the bytes sent."""
+    if full:
+        source.data = data
+    else:
+        source.stream(data, rollover=window)
+    return sum(np.asarray(column).nbytes for column in data.values())
 
 
 def dequantize(codes: np.ndarray, lo: float, hi: float) -> np.ndarray:

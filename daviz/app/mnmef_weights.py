@@ -2,19 +2,63 @@
 
 Importing torch and reading a checkpoint can take many seconds on a cold machine; done inside a
 session's callback it froze every session of the server. Here the first request for a (system, σ_y,
-N) starts the load in a worker thread and answers "loading"; the session builds its experiment
-without MNMEF and restarts once `ready` says so. Each session then gets its own filter object
-(its own `last_localization`) around the shared, read-only cached model.
+N) starts the load in a worker thread and answers `MnmefState.LOADING`; the session builds its
+experiment without MNMEF and restarts once `ready` says so. Each session then gets its own filter
+object (its own `last_localization`) around the shared, read-only cached model.
+
+`MnmefState` is what the page knows about MNMEF (off, loading, ready with these weights, unavailable
+and why); views read its `phase`, never its text.
 """
 from __future__ import annotations
 
+import enum
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnmef-load")
 _futures: dict[tuple, Future] = {}
 _lock = threading.Lock()
-LOADING = "loading"
+
+
+class MnmefPhase(enum.Enum):
+    OFF = "off"  # MNMEF is not among the selected runs
+    LOADING = "loading"  # its weights are loading in the background: it joins by a restart when they are in
+    READY = "ready"  # it runs with `MnmefState.weights`
+    UNAVAILABLE = "unavailable"  # no usable weights (or no torch): the other runs go on; `reason` says why
+
+
+@dataclass(frozen=True)
+class MnmefState:
+    phase: MnmefPhase
+    reason: str = ""  # UNAVAILABLE: why, in one line
+    weights: dict = field(default_factory=dict)  # READY: file, variant, trained_N, pretrained_N, ...
+
+    @property
+    def text(self) -> str:
+        """One line for the page: which weights MNMEF uses, that they are loading, or why it is unavailable."""
+        if self.phase is MnmefPhase.OFF:
+            return ""
+        if self.phase is MnmefPhase.LOADING:
+            return "MNMEF: loading the learned filter's weights…"
+        if self.phase is MnmefPhase.UNAVAILABLE:
+            return f"MNMEF unavailable: {self.reason}"
+        info = self.weights
+        text = str(info.get("file", "?"))
+        variant, trained, pre = info.get("variant"), info.get("trained_N"), info.get("pretrained_N")
+        if variant == "finetuned":
+            text += f" (pretrained at N={pre}, heads fine-tuned for N={trained})"
+        elif variant:
+            text += f" ({variant}, trained at N={trained if trained is not None else pre})"
+        return f"MNMEF weights: {text}"
+
+    @classmethod
+    def unavailable(cls, reason: str) -> MnmefState:
+        return cls(MnmefPhase.UNAVAILABLE, reason=reason)
+
+
+MnmefState.OFF = MnmefState(MnmefPhase.OFF)
+MnmefState.LOADING = MnmefState(MnmefPhase.LOADING)
 
 
 def _load(key: tuple):
@@ -46,27 +90,22 @@ def ready(system: str, sigma_y: float, N: int) -> bool:
     return fut is not None and fut.done()
 
 
-def get_filter(system: str, sigma_y: float, N: int):
-    """(filter, info) when loaded, (None, LOADING) while loading, (None, reason) when unavailable."""
+def get_filter(system: str, sigma_y: float, N: int) -> tuple[object | None, MnmefState]:
+    """(filter, READY state) when loaded, (None, LOADING) while loading, (None, UNAVAILABLE) otherwise."""
     key = (system, float(sigma_y), int(N))
     fut = _future(key)
     if not fut.done():
-        return None, LOADING
+        return None, MnmefState.LOADING
     exc = fut.exception()
     if exc is not None:
         with _lock:
             _futures.pop(key, None)  # the next restart tries again: weights shipped meanwhile are found
-        return None, _reason(exc)
+        return None, MnmefState.unavailable(_reason(exc))
     try:  # cached model: a fresh per-session filter object costs nothing
-        return _load(key)
+        filt, info = _load(key)
     except Exception as exc:  # noqa: BLE001 (any failure is reported, never raised into the app)
-        return None, _reason(exc)
-
-
-def preload(keys) -> None:
-    """Load these (system, σ_y, N) in the background, e.g. the defaults, when the server starts."""
-    for key in keys:
-        request(*key)
+        return None, MnmefState.unavailable(_reason(exc))
+    return filt, MnmefState(MnmefPhase.READY, weights=info)
 
 
 def _reason(exc: BaseException) -> str:
@@ -74,18 +113,3 @@ def _reason(exc: BaseException) -> str:
         return f"the torch code is not installed ({exc})"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text
-
-
-def describe(info, ok: bool) -> str:
-    """One line for the page: which weights MNMEF uses, that they are loading, or why it is unavailable."""
-    if info == LOADING:
-        return "MNMEF: loading the learned filter's weights…"
-    if not ok or not isinstance(info, dict):
-        return f"MNMEF unavailable: {info}"
-    text = str(info.get("file", "?"))
-    variant, trained, pre = info.get("variant"), info.get("trained_N"), info.get("pretrained_N")
-    if variant == "finetuned":
-        text += f" (pretrained at N={pre}, heads fine-tuned for N={trained})"
-    elif variant:
-        text += f" ({variant}, trained at N={trained if trained is not None else pre})"
-    return f"MNMEF weights: {text}"

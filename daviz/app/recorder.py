@@ -27,11 +27,11 @@ class Ring:
         self.data[..., self.pos] = value
         self.pos = (self.pos + 1) % self.window
 
-    def last(self, k: int) -> np.ndarray:
-        """(*shape, k) copy of the k most recent values, oldest first (k <= window)."""
+    def last(self, k: int, row: int | None = None) -> np.ndarray:
+        """(*shape, k) copy of the k most recent values, oldest first (k <= window); of one row if given."""
         k = min(int(k), self.window)
         idx = (self.pos - k + np.arange(k)) % self.window
-        return self.data[..., idx]
+        return self.data[..., idx] if row is None else self.data[row, idx]
 
     def ordered(self) -> np.ndarray:
         return self.last(self.window)
@@ -113,6 +113,30 @@ class Recorder:
                 if s.localization is not None:
                     r.loc_history.append(np.asarray(s.localization, dtype=float))
             self.last_cycle = int(cycle)
+
+    def record(self, exp) -> None:
+        """Append the current cycle of a TwinExperiment (its first trajectory) for every run recorded."""
+        truth = exp.truth[0]
+        rr = exp.running_rrmse()
+        samples = {}
+        for label in self.runs:
+            if exp.diverged[label][0]:
+                nan = np.full(exp.system.dim, np.nan)
+                samples[label] = CycleSample(nan, nan, float("nan"), status="diverged")
+                continue
+            state, filt = exp.states[label], exp.filters[label]
+            members = np.asarray(state[0]) if isinstance(state, np.ndarray) else None
+            rank = None if members is None else (members < truth).sum(axis=0)
+            loc = getattr(filt, "last_localization", None)
+            if loc is not None:
+                loc = np.asarray(loc, dtype=float).reshape(-1, np.shape(loc)[-1])[0]
+            phase = getattr(filt, "window_phase", None)  # 4D-Var, NIDA: assimilation windows
+            samples[label] = CycleSample(np.asarray(exp.mean(label)[0], dtype=float),
+                                         np.asarray(exp.spread(label)[0], dtype=float),
+                                         float(rr[label][0]), rank, loc,
+                                         status="lost track" if exp.lost_track(label)[0] else "",
+                                         window=None if phase is None else tuple(int(v) for v in phase(state)))
+        self.append(exp.cycle, truth, None if exp.observation is None else exp.observation[0], samples)
 
     def summary(self) -> list[tuple[str, float, float, str]]:
         """(label, running R-RMSE, R-RMSE over the window, status) per run, as of the newest cycle."""

@@ -1,61 +1,37 @@
-"""The explorer's settings and engine in one `param.Parameterized`; no panel, no bokeh here.
+"""The explorer's headless state: its settings plus one running experiment; no panel, no bokeh here.
 
-`ExplorerState` owns one `TwinExperiment` (B = 1 trajectory) and a `Recorder` of the last `window`
-cycles. The view (explorer.py) reads the recorder and calls the public methods: `play`, `pause`,
-`step`, `reset`, `advance` (off the event loop) and `apply_preset`. Parameters that change the
-experiment restart it (system, N, σ_y, seed, filters); localization and inflation swap the affected
-filters in place so the truth and the ensembles carry on.
+`ExplorerState` is the settings (settings.py) with a `TwinExperiment` (B = 1 trajectory) and a
+`Recorder` of the last `window` cycles. Views read the recorder and call the public actions: `play`,
+`pause`, `step`, `reset`, `advance` (off the event loop) and `apply_preset`. Changes that need a new
+experiment restart it; localization and inflation swap the filters in place, so the truth and the
+ensembles carry on. Filters come from build.py, pacing from pacing.py.
 """
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from contextlib import contextmanager
 
 import numpy as np
 import param
 
 from ..experiment import TwinExperiment
-from ..filters import make_filter
 from ..filters.localization import gaspari_cohn
-from ..systems import get_system
-from ..tuning import tuned_params
 from . import mnmef_weights
-from .presets import NO_PRESET, PRESETS
-from .recorder import CycleSample, Recorder
-from .runs import RUN_LABELS, RUNS, RunSpec
-
-SYSTEMS = {"Lorenz '63": "l63", "Lorenz '96": "l96", "Kuramoto–Sivashinsky": "ks"}
-N_BOUNDS = (5, 100)
-SIGMA_BOUNDS = (0.05, 10.0)
-SEED_BOUNDS = (0, 2**32 - 1)
-__all__ = ["ExplorerState", "RUNS", "RUN_LABELS", "RunSpec", "SYSTEMS", "N_BOUNDS", "SIGMA_BOUNDS"]
+from .build import build_filters
+from .mnmef_weights import MnmefPhase, MnmefState
+from .pacing import Pacer
+from .presets import NO_PRESET
+from .recorder import Recorder
+from .runs import RunSpec
+from .settings import FILTER_MODES, ExplorerSettings
 
 
-class ExplorerState(param.Parameterized):
+class ExplorerState(ExplorerSettings):
     """Everything the explorer shows and every action it offers."""
-
-    system = param.Selector(default="l96", objects=SYSTEMS, label="System")
-    N = param.Integer(default=20, bounds=N_BOUNDS, label="Ensemble size N")
-    sigma_y = param.Number(default=1.0, bounds=SIGMA_BOUNDS, step=0.1, label="Observation noise σ_y")
-    localization = param.Selector(default="tuned", objects=["tuned", "Gaspari–Cohn", "off"],
-                                  label="Localization (EnKF, LETKF)")
-    radius = param.Number(default=3.0, bounds=(0.5, 20.0), step=0.5, label="Gaspari–Cohn radius")
-    inflation_mode = param.Selector(default="tuned", objects=["tuned", "manual"], label="Inflation (baselines)")
-    inflation = param.Number(default=1.05, bounds=(1.0, 1.5), step=0.01, label="Multiplicative inflation")
-    filters = param.ListSelector(default=["EnKF", "ESRF", "LETKF", "IEnKF", "MNMEF"], objects=list(RUN_LABELS),
-                                 label="Filters")
-    seed = param.Integer(default=0, bounds=SEED_BOUNDS, label="Seed")
-    speed = param.Integer(default=10, bounds=(1, 60), label="Speed (cycles/s)")
-    component = param.Integer(default=0, bounds=(0, 127), label="Site shown over time")
-    preset = param.Selector(default=NO_PRESET, objects=[NO_PRESET, *PRESETS], label="Preset")
 
     playing = param.Boolean(default=False, doc="Whether the session loop advances the experiment.")
     cycle = param.Integer(default=0, constant=True, doc="Cycles assimilated since the last restart.")
-    message = param.String(default="", doc="Last error or warning for the user ('' when all is well).")
-    mnmef_status = param.String(default="", doc="Which weights MNMEF uses, or why it is unavailable.")
-    tuned_source = param.String(default="", doc="Where the tuned inflation/radius come from.")
+    mnmef = param.ClassSelector(class_=MnmefState, default=MnmefState.OFF, doc="What the page knows about MNMEF.")
     restarts = param.Integer(default=0, doc="Incremented by every restart; views rebuild on change.")
 
     window = param.Integer(default=250, bounds=(10, 2000), constant=True, doc="Rolling window in cycles.")
@@ -74,195 +50,48 @@ class ExplorerState(param.Parameterized):
         self._play_when_ready = False
         self._lock = threading.RLock()  # the experiment: one advance/restart/refilter at a time
         self._abort = False  # set by restart/close: a running advance stops after its current cycle
-        self._updating = False  # our own watchers ignore the parameters we set ourselves
-        self._tuned_cache: dict = {}
         self.experiment: TwinExperiment | None = None
         self.recorder: Recorder | None = None
         self.runs: list[RunSpec] = []
-        self.cycles_per_second = 0.0
-        self._rate_hist: deque = deque(maxlen=20)
-        self._owed = 0.0
-        self._last_clock: float | None = None
+        self.pacer = Pacer()
         self.closed = False
-        self._fit_component()
         if not autostart:
             return
         if self.preset != NO_PRESET:
             self.apply_preset(self.preset)
         else:
-            self._apply_tuned_defaults()
+            self.apply_tuned_defaults()
             # Modes and slider values the caller gave explicitly win over the tuned defaults.
-            chosen = {k: params[k] for k in ("localization", "radius", "inflation_mode", "inflation") if k in params}
+            chosen = {k: params[k] for k in FILTER_MODES if k in params}
             if chosen:
-                with self._quietly():
+                with self.quietly():
                     self.param.update(**chosen)
             self.restart()
 
-    # ------------------------------------------------------------------ configuration helpers
     @property
-    def sys(self):
-        return get_system(self.system)
-
-    def _fit_component(self) -> None:
-        """Bound the site slider to the current system's dimension (back to 0 if it was beyond)."""
-        self.param.component.bounds = (0, self.sys.dim - 1)
-        if self.component > self.sys.dim - 1:
-            self.component = 0
-
-    @contextmanager
-    def _quietly(self):
-        """Set parameters (widgets follow) without our own watchers restarting or refiltering."""
-        self._updating = True
-        try:
-            yield
-        finally:
-            self._updating = False
+    def cycles_per_second(self) -> float:
+        return self.pacer.cycles_per_second
 
     @property
-    def busy(self) -> bool:
-        """True while the state is changing several parameters at once (views should wait)."""
-        return self._updating
+    def mnmef_status(self) -> str:
+        """MNMEF's state in words ('' when it is not selected)."""
+        return self.mnmef.text
 
-    @property
-    def has_space(self) -> bool:
-        """Whether the system has spatial structure (Hovmöller images, localization)."""
-        return bool(self.sys.periodic)
+    def mnmef_arrived(self) -> bool:
+        """Whether MNMEF's weights were loading at the last restart and are in now (restart to add it)."""
+        return self.mnmef.phase is MnmefPhase.LOADING and mnmef_weights.ready(self.system, float(self.sigma_y),
+                                                                               int(self.N))
 
-    def _validate(self) -> str:
-        """'' when the settings are usable, else a message for the user saying what is accepted."""
-        lo, hi = SIGMA_BOUNDS
-        try:
-            sigma = float(self.sigma_y)
-        except (TypeError, ValueError):
-            return f"σ_y must be a number between {lo} and {hi}, got {self.sigma_y!r}"
-        if not np.isfinite(sigma) or not lo <= sigma <= hi:
-            return f"σ_y must be a number between {lo} and {hi}, got {self.sigma_y!r}"
-        if self.seed is None or not SEED_BOUNDS[0] <= self.seed <= SEED_BOUNDS[1]:
-            return f"seed must be an integer from 0 to 2³²−1, got {self.seed!r}"
-        if not self.filters:
-            return "select at least one filter"
-        return ""
+    # ------------------------------------------------------------------ what a change of settings does
+    @param.depends("restart_needed", watch=True)
+    def request_restart(self) -> None:
+        """Restart with the current settings, now or through the runner."""
+        self.restarting = True
+        self._request(self.restart)
 
-    def _tuned_for(self, base: str) -> dict:
-        """Tuned inflation/radius for the current system, N and σ_y (read once per restart)."""
-        key = (self.system, base, int(self.N), float(self.sigma_y))
-        if key not in self._tuned_cache:
-            try:
-                self._tuned_cache[key] = tuned_params(*key)
-            except Exception as exc:  # a broken table must not take the app down
-                self._tuned_cache[key] = {"inflation": self.sys.fallback_inflation,
-                                          "radius": self.sys.fallback_radius if self.has_space else None,
-                                          "source": f"fallback ({type(exc).__name__})"}
-        return self._tuned_cache[key]
-
-    def _apply_tuned_defaults(self) -> None:
-        """Slider values and modes back to the tuned LETKF values for the current system/N/σ_y."""
-        if self._validate().startswith("σ_y"):
-            return
-        ref = self._tuned_for("letkf")
-        lo, hi = self.sys.radius_bounds
-        self.param.radius.bounds = (lo, hi)
-        radius = ref.get("radius")
-        with self._quietly():
-            self.param.update(
-                localization="tuned" if self.has_space else "off",
-                radius=float(np.clip(radius if radius is not None else self.sys.fallback_radius or lo, lo, hi)),
-                inflation_mode="tuned",
-                inflation=float(np.clip(ref.get("inflation", 1.0), 1.0, 1.5)),
-            )
-        self.tuned_source = str(ref.get("source", ""))
-
-    def filter_params(self, spec: RunSpec) -> dict:
-        """inflation, radius and tuned filter settings (EnSF's kernel, Latent-EnSF's gamma) a baseline run
-        uses under the current settings."""
-        tuned = self._tuned_for(spec.base)
-        inflation = tuned.get("inflation", 1.0) if self.inflation_mode == "tuned" else self.inflation
-        if self.localization == "tuned":
-            radius = tuned.get("radius")
-        elif self.localization == "Gaspari–Cohn":
-            radius = self.radius
-        else:
-            radius = None
-        if spec.radius_off or not self.has_space:
-            radius = None
-        if spec.no_inflation:
-            inflation = 1.0
-        return {"inflation": float(inflation), "radius": None if radius is None else float(radius),
-                **tuned.get("params", {})}
-
-    def gc_radius(self) -> float:
-        """The radius the Gaspari–Cohn reference curve is drawn at (what LETKF uses, else the slider)."""
-        if self.localization == "tuned":
-            r = self._tuned_for("letkf").get("radius")
-            if r is not None:
-                return float(r)
-        return float(self.radius)
-
-    def _make_baseline(self, spec: RunSpec):
-        base = spec.base
-        if base == "letkf" and not self.has_space:
-            base = "esrf"  # without spatial structure LETKF is the global ETKF (= our ESRF)
-        return make_filter(base, self.system, self.sigma_y, **self.filter_params(spec))
-
-    # ------------------------------------------------------------------ watchers
-    @param.depends("system", "N", "sigma_y", watch=True)
-    def _on_setup_change(self):
-        if self._updating:
-            return
-        self._fit_component()
-        self._apply_tuned_defaults()
-        self.request_restart()
-
-    @param.depends("seed", "filters", watch=True)
-    def _on_restart_change(self):
-        if not self._updating:
-            self.request_restart()
-
-    @param.depends("radius", watch=True)
-    def _on_radius(self):
-        if self._updating:
-            return
-        if self.localization != "Gaspari–Cohn" and self.has_space:
-            with self._quietly():
-                self.localization = "Gaspari–Cohn"  # moving the slider means: use this radius
+    @param.depends("refilter_needed", watch=True)
+    def _request_refilter(self) -> None:
         self._request(self.refilter)
-
-    @param.depends("inflation", watch=True)
-    def _on_inflation(self):
-        if self._updating:
-            return
-        if self.inflation_mode != "manual":
-            with self._quietly():
-                self.inflation_mode = "manual"
-        self._request(self.refilter)
-
-    @param.depends("localization", "inflation_mode", watch=True)
-    def _on_modes(self):
-        if not self._updating:
-            self._request(self.refilter)
-
-    @param.depends("preset", watch=True)
-    def _on_preset(self):
-        if not self._updating and self.preset != NO_PRESET:
-            self.apply_preset(self.preset)
-
-    # ------------------------------------------------------------------ actions
-    def apply_preset(self, name: str) -> None:
-        """Set every parameter the preset names in one batch, then restart once."""
-        if name not in PRESETS:
-            self.message = f"unknown preset {name!r}"
-            return
-        settings = dict(PRESETS[name]["settings"])
-        modes = ("localization", "radius", "inflation_mode", "inflation")
-        with self._quietly():
-            self.param.update(preset=name, **{k: v for k, v in settings.items() if k not in modes})
-            self._fit_component()
-        self._apply_tuned_defaults()
-        extra = {k: settings[k] for k in modes if k in settings}
-        if extra:
-            with self._quietly():
-                self.param.update(**extra)
-        self.request_restart()
 
     def _request(self, fn) -> None:
         """Run fn now, or through the runner (later, off the event loop) when there is one."""
@@ -271,18 +100,14 @@ class ExplorerState(param.Parameterized):
         else:
             self.runner(fn)
 
-    def request_restart(self) -> None:
-        """Restart with the current settings, now or through the runner."""
-        self.restarting = True
-        self._request(self.restart)
-
+    # ------------------------------------------------------------------ actions
     def play(self) -> None:
         if self.experiment is None or self.restarting:
             self._play_when_ready = True  # start playing once the (re)start has built an experiment
             if not self.restarting:
                 self.request_restart()
             return
-        self._last_clock = None
+        self.pacer.resume()
         self.playing = True
 
     def pause(self) -> None:
@@ -303,35 +128,14 @@ class ExplorerState(param.Parameterized):
         with self._lock:
             self.playing = False
             self.closed = True
-            self.experiment = None
-            self.recorder = None
-            self.runs = []
+            self._drop_experiment()
+
+    def _drop_experiment(self) -> None:
+        self.experiment = None
+        self.recorder = None
+        self.runs = []
 
     # ------------------------------------------------------------------ the engine
-    def _build_filters(self) -> tuple[dict, list[RunSpec], list[str]]:
-        """Filters for the selected runs; MNMEF is left out (with a reason) when its weights are not ready."""
-        filters, runs, warnings = {}, [], []
-        self.mnmef_status = ""
-        for label in self.filters:
-            spec = RUNS[label]
-            if spec.base == "mnmef":
-                filt, info = mnmef_weights.get_filter(self.system, float(self.sigma_y), int(self.N))
-                self.mnmef_status = mnmef_weights.describe(info, filt is not None)
-                if filt is None:
-                    warnings.append(self.mnmef_status)
-                    continue
-            elif spec.base == "latent-ensf":
-                try:  # its coupled VAE is shipped for some (system, σ_y) only: the other runs go on without it
-                    filt = self._make_baseline(spec)
-                except (ValueError, ImportError) as exc:  # CheckpointError is a ValueError; torch may be absent
-                    warnings.append(f"Latent-EnSF left out: {exc}")
-                    continue
-            else:
-                filt = self._make_baseline(spec)
-            filters[label] = filt
-            runs.append(spec)
-        return filters, runs, warnings
-
     def restart(self) -> None:
         """Build a fresh experiment from the current settings; on bad settings show a message."""
         self._abort = True  # a running advance stops after its current cycle
@@ -345,48 +149,41 @@ class ExplorerState(param.Parameterized):
             if self._play_when_ready:
                 self._play_when_ready = False
                 if self.experiment is not None:
-                    self._last_clock = None
+                    self.pacer.resume()
                     self.playing = True
 
     def _restart(self) -> None:
         """The body of restart(), holding the lock."""
         if self.closed:
             return
-        self._tuned_cache.clear()  # tables may have been re-tuned since
-        problem = self._validate()
+        self.forget_tuned()
+        problem = self.problem()
         if problem:
-            self.message = problem
-            self.playing = False
-            self.experiment = None  # Play retries
-            self.recorder = None
-            self.runs = []
+            self._cannot_run(problem)  # Play retries
             return
-        sys_ = self.sys
         try:
-            filters, runs, warnings = self._build_filters()
-            if not filters:
-                raise ValueError("no filter could be built: " + "; ".join(warnings))
-            exp = TwinExperiment(sys_, float(self.sigma_y), int(self.N), filters, trajectories=1,
+            lineup = build_filters(self.filters, self)
+            self.mnmef = lineup.mnmef
+            if not lineup.filters:
+                raise ValueError("no filter could be built: " + "; ".join(lineup.left_out.values()))
+            exp = TwinExperiment(self.sys, float(self.sigma_y), int(self.N), lineup.filters, trajectories=1,
                                  seed=int(self.seed), purpose="test")
         except Exception as exc:  # invalid values → a message, the session goes on
-            self.message = f"could not start: {exc}"
-            self.playing = False
-            self.experiment = None
-            self.recorder = None
-            self.runs = []
+            self._cannot_run(f"could not start: {exc}")
             return
         self.experiment = exp
-        self.runs = runs
-        loading = mnmef_weights.describe(mnmef_weights.LOADING, False)
-        self.message = "; ".join(w for w in warnings if w != loading)
-        self.recorder = Recorder(sys_, [s.label for s in runs], self.window, int(self.N))  # views read it: one swap
-        self._record_cycle(exp)
+        self.runs = lineup.runs
+        self.message = "; ".join(lineup.notes())
+        self.recorder = Recorder(self.sys, [s.label for s in lineup.runs], self.window, int(self.N))  # one swap
+        self.recorder.record(exp)
         with param.edit_constant(self):
             self.cycle = 0
-        self.cycles_per_second = 0.0
-        self._rate_hist.clear()
-        self._owed = 0.0
-        self._last_clock = None
+        self.pacer.reset()
+
+    def _cannot_run(self, message: str) -> None:
+        self.message = message
+        self.playing = False
+        self._drop_experiment()
 
     def refilter(self) -> None:
         """Rebuild the baseline filters with the current inflation/localization, keeping ensembles."""
@@ -395,9 +192,10 @@ class ExplorerState(param.Parameterized):
             if exp is None:
                 return
             try:
-                for spec in self.runs:
-                    if spec.base != "mnmef":
-                        exp.filters[spec.label] = self._make_baseline(spec)
+                lineup = build_filters([s.label for s in self.runs if s.base != "mnmef"], self)
+                if lineup.left_out:
+                    raise ValueError("; ".join(lineup.left_out.values()))
+                exp.filters.update(lineup.filters)
                 self.message = ""
             except Exception as exc:
                 self.message = f"could not apply: {exc}"
@@ -405,20 +203,9 @@ class ExplorerState(param.Parameterized):
     def cycles_due(self, now: float | None = None) -> int:
         """How many cycles the loop should run now to keep `speed` cycles/s (0 when paused)."""
         if not self.playing or self.experiment is None:
-            self._last_clock = None
+            self.pacer.resume()
             return 0
-        now = time.monotonic() if now is None else now
-        if self._last_clock is None:
-            self._last_clock = now
-            self._rate_hist.clear()
-            self._owed = 1.0
-        else:
-            self._owed += self.speed * (now - self._last_clock)
-            self._last_clock = now
-        self._owed = min(self._owed, max(1.0, self.speed * 0.5))  # do not pile up a backlog
-        n = int(self._owed)
-        self._owed -= n
-        return n
+        return self.pacer.due(self.speed, now)
 
     def advance(self, n: int = 1, while_playing: bool = False) -> int:
         """Run up to n cycles (bounded by max_seconds_per_advance) and record them; thread-safe.
@@ -438,7 +225,7 @@ class ExplorerState(param.Parameterized):
                 while done < n and not self._abort and not (while_playing and not self.playing):
                     exp.step()
                     done += 1
-                    self._record_cycle(exp)
+                    self.recorder.record(exp)
                     if time.perf_counter() - start > self.max_seconds_per_advance:
                         break
             except Exception as exc:  # engine bug: keep the session alive
@@ -447,38 +234,10 @@ class ExplorerState(param.Parameterized):
             if done:
                 with param.edit_constant(self):
                     self.cycle = exp.cycle
-                now = time.monotonic()
-                self._rate_hist.append((now, exp.cycle))
-                t0, c0 = self._rate_hist[0]
-                if now - t0 > 0.2:
-                    self.cycles_per_second = (exp.cycle - c0) / (now - t0)
+                self.pacer.done(exp.cycle)
             return done
 
-    def _record_cycle(self, exp: TwinExperiment) -> None:
-        """Append the experiment's current cycle to the recorder."""
-        rr = exp.running_rrmse()
-        truth = exp.truth[0]
-        samples = {}
-        for s in self.runs:
-            state = exp.states[s.label]
-            if exp.diverged[s.label][0]:
-                nan = np.full(exp.system.dim, np.nan)
-                samples[s.label] = CycleSample(nan, nan, float("nan"), status="diverged")
-                continue
-            members = np.asarray(state[0]) if isinstance(state, np.ndarray) else None
-            rank = None if members is None else (members < truth).sum(axis=0)
-            loc = getattr(exp.filters[s.label], "last_localization", None)
-            if loc is not None:
-                loc = np.asarray(loc, dtype=float).reshape(-1, np.shape(loc)[-1])[0]
-            phase = getattr(exp.filters[s.label], "window_phase", None)  # 4D-Var, NIDA: assimilation windows
-            samples[s.label] = CycleSample(np.asarray(exp.mean(s.label)[0], dtype=float),
-                                           np.asarray(exp.spread(s.label)[0], dtype=float),
-                                           float(rr[s.label][0]), rank, loc,
-                                           status="lost track" if exp.lost_track(s.label)[0] else "",
-                                           window=None if phase is None else tuple(int(v) for v in phase(state)))
-        self.recorder.append(exp.cycle, truth, None if exp.observation is None else exp.observation[0], samples)
-
-    # ------------------------------------------------------------------ read-outs for the view
+    # ------------------------------------------------------------------ read-outs for the views
     def current_rrmse(self) -> dict[str, float]:
         """label → running R-RMSE now (nan where diverged or before the first cycle)."""
         if self.experiment is None or self.experiment.cycle == 0:
@@ -514,11 +273,6 @@ class ExplorerState(param.Parameterized):
 
     def gaspari_cohn_curve(self, distances: np.ndarray) -> np.ndarray:
         return gaspari_cohn(distances, self.gc_radius())
-
-    def settings(self) -> dict:
-        """The current settings (for the download and the status)."""
-        return {name: getattr(self, name) for name in ("system", "N", "sigma_y", "seed", "filters", "localization",
-                                                         "radius", "inflation_mode", "inflation", "speed")}
 
     def status_line(self) -> str:
         """'cycle 123 · 18.0 cycles/s · EnKF 0.31 · MNMEF diverged' (plain text)."""

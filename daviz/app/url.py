@@ -13,7 +13,7 @@ import param
 
 from .presets import NO_PRESET
 from .runs import RUNS
-from .state import N_BOUNDS, SEED_BOUNDS, SIGMA_BOUNDS, SYSTEMS, ExplorerState
+from .settings import N_BOUNDS, SEED_BOUNDS, SIGMA_BOUNDS, SYSTEMS, ExplorerSettings
 
 URL_PARAMS = ("system", "N", "sigma_y", "seed", "speed", "preset", "filters", "localization", "radius",
               "inflation_mode", "inflation")
@@ -25,7 +25,7 @@ def _convert_url_value(name: str, raw: str):
         return [f.strip() for f in raw.strip("[]").replace('"', "").split(",") if f.strip()]
     if name == "system":
         return SYSTEMS.get(raw, raw)
-    ptype = type(ExplorerState.param[name])
+    ptype = type(ExplorerSettings.param[name])
     if ptype is param.Integer:
         return int(raw)
     if ptype is param.Number:
@@ -57,29 +57,27 @@ def sync_url(explorer) -> None:
         for name, raw in values.items():
             try:
                 value = _convert_url_value(name, str(raw)) if isinstance(raw, str) else raw
-                state.param[name]._validate(value)
-                with state._quietly():
-                    setattr(state, name, value)
+                with state.quietly():
+                    setattr(state, name, value)  # param refuses a value outside its type or bounds
             except Exception:
                 refused.append(f"{name}={raw}")
 
-    with state._quietly():
+    with state.quietly():
         location.sync(state, list(URL_PARAMS), on_error=apply_one_by_one)
     if state.preset != NO_PRESET:
         state.apply_preset(state.preset)
     else:
-        state._fit_component()
-        state._apply_tuned_defaults()
+        state.fit_component()
+        state.apply_tuned_defaults()
         state.restart()
     if refused:
-        explorer.url_problem = ("ignored URL settings (shown as typed): " + ", ".join(refused)
-                                + f". Accepted: N {N_BOUNDS[0]}–{N_BOUNDS[1]}, σ_y {SIGMA_BOUNDS[0]}–{SIGMA_BOUNDS[1]}, "
-                                f"seed {SEED_BOUNDS[0]}–2³²−1, filters from {', '.join(RUNS)}.")
-        explorer._on_message()
+        explorer.show_url_problem(
+            "ignored URL settings (shown as typed): " + ", ".join(refused)
+            + f". Accepted: N {N_BOUNDS[0]}–{N_BOUNDS[1]}, σ_y {SIGMA_BOUNDS[0]}–{SIGMA_BOUNDS[1]}, "
+            f"seed {SEED_BOUNDS[0]}–2³²−1, filters from {', '.join(RUNS)}.")
 
         def clear(*events):
-            explorer.url_problem = ""
-            explorer._on_message()
+            explorer.show_url_problem("")
             state.param.unwatch(watcher)
 
         watcher = state.param.watch(clear, list(URL_PARAMS))
