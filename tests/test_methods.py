@@ -123,7 +123,7 @@ def test_numpy_paths_do_not_import_torch():
 
 LOW = ("systems", "filters", "metrics", "seeding", "artifacts", "experiment", "tuning")
 HIGH = ("mnmef", "variational", "latent", "methods", "cli", "app")
-TRANSITIONAL = {("filters", "methods")}  # daviz.filters.make_filter's bridge for the explorer (see there)
+TRANSITIONAL: set = set()  # none left: the explorer builds through daviz.methods
 
 
 def _imports(path: Path, package: str) -> set[str]:

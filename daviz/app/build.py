@@ -4,16 +4,15 @@
 built here (MNMEF's weights are loading or missing, no coupled VAE for Latent-EnSF) is left out with
 the reason and the others run. Restarts and filter swaps both come through it.
 
-Today a baseline's settings are its tuned table entry (`ExplorerSettings.tuned_for`, i.e.
-`daviz.tuning.tuned_params`) with what the user fixed laid over it (`ExplorerSettings.overrides`),
-built by `daviz.filters.make_filter`; MNMEF comes from `mnmef_weights`. When a registry of methods
-resolves the tuned settings itself, `_baseline` is the one call to replace.
+Every run but MNMEF is built by the methods registry (daviz.methods.build) from the tuned settings the
+explorer holds (`ExplorerSettings.tuned_for`, i.e. `methods.tuned_settings`) with what the user fixed laid
+over them (`ExplorerSettings.overrides`); MNMEF comes from `mnmef_weights` (loaded in the background).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..filters import make_filter
+from .. import methods
 from . import mnmef_weights
 from .mnmef_weights import MnmefPhase, MnmefState
 from .runs import RUNS, RunSpec
@@ -62,10 +61,9 @@ def _baseline(spec: RunSpec, settings):
     """A classic, score-based or variational run: tuned settings with the user's choices over them."""
     base = spec.base
     if base == "letkf" and not settings.has_space:
-        base = "esrf"  # without spatial structure LETKF is the global ETKF (= our ESRF)
-    tuned = settings.tuned_for(spec.base)
-    chosen = {"inflation": float(tuned.get("inflation", 1.0)), "radius": tuned.get("radius"),
-              **tuned.get("params", {}), **settings.overrides(spec)}
-    if chosen["radius"] is not None:
-        chosen["radius"] = float(chosen["radius"])
-    return make_filter(base, settings.system, settings.sigma_y, **chosen)
+        base = "esrf"  # without spatial structure LETKF is the global ETKF (= our ESRF), with LETKF's settings
+    fixed = settings.overrides(spec)
+    if "radius" in fixed and fixed["radius"] is None:
+        fixed["radius"] = methods.NO_LOCALIZATION  # the user switched localization off
+    return methods.build(base, settings.system, settings.sigma_y, settings.N, tuned=settings.tuned_for(spec.base),
+                         **fixed)[0]

@@ -15,7 +15,7 @@ import numpy as np
 import param
 
 from ..systems import get_system
-from ..tuning import tuned_params
+from .. import methods
 from .presets import NO_PRESET, PRESETS
 from .runs import RUN_LABELS, RunSpec
 
@@ -123,14 +123,9 @@ class ExplorerSettings(param.Parameterized):
     # ------------------------------------------------------------------ tuned values
     def tuned_for(self, base: str) -> dict:
         """Tuned inflation/radius (and settings) of `base` for the current system, N and σ_y."""
-        key = (self.system, base, int(self.N), float(self.sigma_y))
-        if key not in self._tuned_cache:
-            try:
-                self._tuned_cache[key] = tuned_params(*key)
-            except Exception as exc:  # a broken table must not take the app down
-                self._tuned_cache[key] = {"inflation": self.sys.fallback_inflation,
-                                          "radius": self.sys.fallback_radius if self.has_space else None,
-                                          "source": f"fallback ({type(exc).__name__})"}
+        key = (base, self.system, float(self.sigma_y), int(self.N))
+        if key not in self._tuned_cache:  # strict=False: a broken table gives the fallback, not a dead app
+            self._tuned_cache[key] = methods.tuned_settings(*key, strict=False)
         return self._tuned_cache[key]
 
     def forget_tuned(self) -> None:

@@ -29,26 +29,12 @@ def make_filter(name: str, system: System | str, sigma_y: float, inflation=1.0, 
     `params` are filter-specific settings (EnSF: steps, eps_alpha, eps_beta, damping, kernel). Inflation and
     radius may be arrays, one value per batch element (tuning runs a grid in one batch).
     """
-    if name in _EXPLORER_BRIDGE:
-        return _built_by_methods(name, system, sigma_y, inflation, params)
     if name not in FILTER_CLASSES:
         raise ValueError(f"unknown filter {name!r}; choose one of {', '.join(FILTER_CLASSES)}")
     system = get_system(system) if isinstance(system, str) else system
     if not filter_localizes(name, system):
         radius = None  # ESRF, IEnKF, ...; or no spatial structure (L63, linear): localization is off
     return FILTER_CLASSES[name](system, sigma_y, inflation=inflation, radius=radius, **params)
-
-
-# TRANSITIONAL (issue 21): daviz/app/state.py still builds 4D-Var, NIDA and Latent-EnSF through make_filter.
-# Once the explorer builds through daviz.methods.build, delete these lines and the branch in make_filter:
-# filters then import nothing above themselves.
-_EXPLORER_BRIDGE = ("4dvar", "nida", "nida-4dvar", "latent-ensf")
-
-
-def _built_by_methods(name, system, sigma_y, inflation, params):
-    from ..methods import build  # the one upward import, lazy, until the explorer switches
-
-    return build(name, system, sigma_y, 0, inflation=inflation, **params)[0]  # N: these do not use it
 
 
 __all__ = ["EnsembleFilter", "EnKF", "ESRF", "LETKF", "IEnKF", "KalmanFilter", "EnSF", "make_filter",
