@@ -49,6 +49,18 @@ def test_better_candidate_replaces_shipped_and_worse_does_not(tmp_path):
     assert points[0]["trajectory_cycles"] == 700 and points[0]["rrmse_mean"] == first["candidate"]["rrmse_mean"]
 
 
+def test_new_n10_weights_retire_the_finetunes_made_from_the_old(tmp_path):
+    shipped = weights_file(tmp_path / "l96_sigma1.0_N10.pt", warm=False, seed=0)
+    old_ft = weights_file(tmp_path / "l96_sigma1.0_N10_ft40.pt", warm=False, seed=3)
+    other = weights_file(tmp_path / "ks_sigma1.0_N10_ft40.pt", warm=False, seed=4)
+    out = promote(weights_file(tmp_path / "good.pt", warm=True, seed=2), shipped, **EVAL)
+    assert out["promoted"] and out["removed_stale_finetunes"] == ["l96_sigma1.0_N10_ft40.pt"]
+    assert not old_ft.exists() and not old_ft.with_suffix(".json").exists() and other.exists()
+    # a fine-tune promoted over a fine-tune retires nothing
+    ft = weights_file(tmp_path / "l96_sigma1.0_N10_ft20.pt", warm=False, seed=5)
+    assert promote(weights_file(tmp_path / "g20.pt", warm=True, seed=6), ft, **EVAL)["removed_stale_finetunes"] == []
+
+
 def test_no_shipped_file_yet_is_a_promotion(tmp_path):
     good = weights_file(tmp_path / "good.pt", warm=True, seed=2)
     out = promote(good, tmp_path / "new.pt", **EVAL)

@@ -7,6 +7,9 @@ Both files are scored on the same "tune" trajectories (held out from training an
 daviz.mnmef.quickeval). The shipped file's score is kept in its sidecar (evaluation.tune) and reused while it
 was measured the same way. The candidate replaces the shipped file (weights only, no optimizer state) when
 its mean R-RMSE is lower and no more of its trajectories diverged; its sidecar then records both scores.
+When new N = 10 weights replace old ones, the fine-tunes shipped beside them (`..._ftN.pt`) were made from the
+old set transformer and would no longer fit: they are removed (git keeps them), so every N uses the new
+weights until its own fine-tune is promoted.
 """
 from __future__ import annotations
 
@@ -48,12 +51,24 @@ def promote(candidate, shipped, N: int | None = None, trajectories: int = 64, cy
         base = _tune_score(shipped, N, trajectories, cycles, seed)
         ckpt.record_evaluation(shipped, {"tune": base})
     better = base is None or (cand["rrmse_mean"] < base["rrmse_mean"] and cand["diverged"] <= base["diverged"])
+    stale = []
     if better:
         ckpt.export_weights(candidate, shipped)
         ckpt.record_evaluation(shipped, {"tune": cand, "promoted_over": base})
+        stale = _remove_stale_finetunes(Path(shipped))
     if curve is not None:
         _append_point(curve, candidate, cand, better)
-    return {"candidate": cand, "shipped": base, "promoted": better}
+    return {"candidate": cand, "shipped": base, "promoted": better, "removed_stale_finetunes": stale}
+
+
+def _remove_stale_finetunes(shipped: Path) -> list[str]:
+    if "_ft" in shipped.stem:
+        return []
+    stale = sorted(shipped.parent.glob(f"{shipped.stem}_ft*.pt"))
+    for f in stale:
+        f.unlink()
+        ckpt.sidecar_path(f).unlink(missing_ok=True)
+    return [f.name for f in stale]
 
 
 def _append_point(curve, candidate, score: dict, promoted: bool) -> None:
@@ -88,7 +103,7 @@ def main(argv=None) -> int:
         print(f"daviz: error: {err}", file=sys.stderr)
         return 2
     short = {k: (v if not isinstance(v, dict) else {kk: v[kk] for kk in ("rrmse_mean", "rrmse_std", "diverged")})
-             for k, v in out.items()}
+             for k, v in out.items() if v or k == "promoted"}
     print(json.dumps(short))
     return 0
 
