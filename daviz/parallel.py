@@ -12,13 +12,19 @@ run's, whatever the number of workers.
 Finished results are handed to `on_result(index, result)` in this process as they arrive, so the caller can
 save them at once. A worker lost mid-task (killed, out of memory) costs only the task it was running: the
 scheduler runs it again on another worker (Dask's `allowed-failures`), and what has finished is kept.
+
+A local cluster never has more processes than there are tasks, and a single task runs here (`runs_here`):
+starting a process for it would only add its start-up time.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
+
+SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")  # the address schemes Dask's comms understand
 
 
 def check_workers(workers, scheduler) -> None:
@@ -27,8 +33,23 @@ def check_workers(workers, scheduler) -> None:
         raise ValueError(f"--workers must be an integer >= 1, got {workers!r}")
     if scheduler is not None and workers not in (None, 1):
         raise ValueError("give --workers (a local cluster) or --scheduler (an existing one), not both")
-    if scheduler is not None and not str(scheduler).strip():
-        raise ValueError("--scheduler needs an address such as tcp://10.0.0.5:8786")
+    if scheduler is not None:
+        address = str(scheduler).strip()
+        if not address or any(c.isspace() for c in address):
+            raise ValueError("--scheduler needs an address such as tcp://10.0.0.5:8786")
+        scheme, _, location = address.rpartition("://")
+        if (scheme or "tcp") not in SCHEMES:
+            raise ValueError(f"--scheduler: unknown scheme {scheme!r} in {address!r}; use e.g. tcp://10.0.0.5:8786")
+        if scheme != "inproc" and not location.rpartition(":")[2].isdigit():
+            raise ValueError(f"--scheduler needs host:port, e.g. tcp://10.0.0.5:8786, got {address!r}")
+    if (scheduler is not None or (workers or 1) > 1) and importlib.util.find_spec("distributed") is None:
+        raise ValueError("--workers/--scheduler need Dask: pip install 'dask[distributed]' (or daviz[cluster])")
+
+
+def runs_here(workers, scheduler, n_tasks: int) -> bool:
+    """Whether run_tasks runs these tasks serially in this process (callers that pass live callbacks, such as
+    a logger or an already built filter, to in-process tasks only)."""
+    return scheduler is None and min(workers or 1, n_tasks) <= 1
 
 
 def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], workers: int | None = None,
@@ -40,12 +61,12 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], workers: int | Non
     bar = tqdm(total=len(tasks), disable=not progress, desc=label, unit="task", leave=False)
     results: list = [None] * len(tasks)
     try:
-        if scheduler is None and (workers or 1) == 1:
+        if runs_here(workers, scheduler, len(tasks)):
             for i, args in enumerate(tasks):
                 results[i] = fn(*args)
                 _done(i, results[i], on_result, bar)
             return results
-        with _client(workers, scheduler) as client:
+        with _client(min(workers or 1, len(tasks)) if scheduler is None else None, scheduler) as client:
             futures = [client.submit(fn, *args, pure=False) for args in tasks]
             index = {f.key: i for i, f in enumerate(futures)}
             from dask.distributed import as_completed
@@ -62,7 +83,8 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], workers: int | Non
 
 def _done(i, result, on_result, bar) -> None:
     if on_result is not None:
-        on_result(i, result)
+        with tqdm.external_write_mode():  # what on_result prints does not tear the progress bars
+            on_result(i, result)
     bar.update(1)
 
 
@@ -81,8 +103,9 @@ class _client:
             self.cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
                                         dashboard_address=None, silence_logs=logging.ERROR)
         try:
-            self.client = Client(self.cluster if scheduler is None else scheduler, timeout="30s")
-        except OSError as exc:
+            # gives up after Dask's connect timeout (distributed.comm.timeouts.connect, 30 s by default)
+            self.client = Client(self.cluster if scheduler is None else scheduler)
+        except (OSError, ValueError) as exc:  # unreachable (after the timeout), or an address Dask refuses
             if self.cluster is not None:
                 self.cluster.close()
             raise ValueError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from None
