@@ -12,14 +12,17 @@ that `evaluate` uses), so the final score of the chosen point is not inflated by
 Within a round all points run in one batch: the twin experiment repeats the same truth, observations
 and initial ensemble once per point (`replicas`), and each copy gets its own inflation and radius.
 Points are ranked by daviz.tuning.scoring; `tune_many` (`daviz tune`) writes each result to the tables.
+
+Where it runs never changes a result. The batches of a round are canonical (`CHUNKS`, not the number of
+workers): a stochastic filter (EnKF, EnSF) draws its noise for the whole batch from its one named stream,
+so another split of the points would give other draws. `tune_many` runs the table entries, each a whole
+successive halving, as tasks on a Dask cluster (daviz.parallel) and saves each as it arrives.
 """
 from __future__ import annotations
 
 import math
-import os
 import resource
 import time
-from concurrent.futures import ProcessPoolExecutor
 from itertools import product
 from pathlib import Path
 
@@ -27,6 +30,7 @@ import numpy as np
 
 from ..experiment import LOST_TRACK_WINDOW, TwinExperiment
 from ..filters import FILTER_CLASSES, filter_localizes, make_filter
+from ..parallel import run_tasks, runs_here
 from ..systems import get_system
 from .scoring import assess, lost_track_level, ranking
 from .tables import METHOD, TUNED_DIR, is_current, is_untunable, save_tuned, save_untunable
@@ -41,6 +45,10 @@ DEFAULT_ROUNDS = ((2, 200), (4, 300), (4, 500))
 DEFAULT_FINAL = (16, None)  # None: the system's test length
 DEFAULT_KEEP = 3.0
 DEFAULT_FINALISTS = 6
+# Batches a round's points are split into (points[i::CHUNKS]). One: every table scripts/tune_all.sh made
+# was tuned so (its --workers 1), and `daviz tune --workers K` reproduces them whatever K. (The EnSF tables
+# came from the old default, one batch per core: two on the 2-core machine that tuned them.)
+CHUNKS = 1
 
 
 def grid_for(system_name: str, filter_name: str, inflations=None, radii=None, grid=None) -> list[tuple]:
@@ -78,8 +86,9 @@ def parse_rounds(text: str | None) -> tuple[tuple[int, int], ...] | None:
     return tuple(rounds)
 
 
-def _values_chunk(args) -> tuple[np.ndarray, np.ndarray]:
-    system_name, filter_name, N, sigma_y, points, trajectories, cycles, seed = args
+def _values_batch(system_name: str, filter_name: str, N: int, sigma_y: float, points, trajectories: int,
+                  cycles: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """R-RMSEs and lost-window flags (n_points, trajectories) of one batch of points: one twin experiment."""
     n = len(points)
     inflation = np.repeat([p[0] for p in points], trajectories)
     radius = None if points[0][1] is None else np.repeat([p[1] for p in points], trajectories)
@@ -95,25 +104,25 @@ def _values_chunk(args) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_points(system_name: str, filter_name: str, N: int, sigma_y: float, points, trajectories: int,
-                    cycles: int, seed: int = 0, workers: int | None = 1, lost_windows: bool = False):
+                    cycles: int, seed: int = 0, workers: int | None = 1, lost_windows: bool = False,
+                    chunks: int = CHUNKS, scheduler: str | None = None):
     """Per-trajectory R-RMSE (n_points, trajectories) on tuning trajectories; NaN where diverged.
     With lost_windows, also (n_points, trajectories) bool: lost track in some window of LOST_TRACK_WINDOW cycles.
 
     Every point sees the same trajectories, observations and initial ensembles (common random numbers).
+    The points run in `chunks` batches (points[i::chunks], one twin experiment each), on `workers` local
+    processes or the cluster at `scheduler` (daviz.parallel); the numbers depend on `chunks`, never on where
+    the batches run.
     """
     points = list(points)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(points)))
-    chunks = [points[i::workers] for i in range(workers)]
-    jobs = [(system_name, filter_name, N, sigma_y, c, trajectories, cycles, seed) for c in chunks]
-    if workers == 1:
-        results = [_values_chunk(jobs[0])]
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_values_chunk, jobs))
+    chunks = max(1, min(int(chunks), len(points)))
+    jobs = [(system_name, filter_name, N, sigma_y, points[i::chunks], trajectories, cycles, seed)
+            for i in range(chunks)]
+    results = run_tasks(_values_batch, jobs, workers, scheduler)
     values = np.empty((len(points), trajectories))
     lost = np.zeros((len(points), trajectories), dtype=bool)
     for i, (v, w) in enumerate(results):
-        values[i::workers], lost[i::workers] = v, w
+        values[i::chunks], lost[i::chunks] = v, w
     return (values, lost) if lost_windows else values
 
 
@@ -121,7 +130,8 @@ def sweep(system_name: str, filter_name: str, N: int, sigma_y: float, trajectori
           cycles: int = 500, seed: int = 0, workers: int | None = None, points=None) -> dict:
     """Score every grid point once (no halving); returns {'points', 'scores', 'values', 'best', 'best_score'}.
 
-    A score is the mean R-RMSE over the trajectories, inf where any trajectory diverged.
+    A score is the mean R-RMSE over the trajectories, inf where any trajectory diverged. The points run as
+    `evaluate_points` runs them (one batch, here unless `workers` or a cluster is given).
     """
     points = points or grid_for(system_name, filter_name)
     values = evaluate_points(system_name, filter_name, N, sigma_y, points, trajectories, cycles, seed, workers)
@@ -147,8 +157,9 @@ def refined_points(center: tuple[float, float | None], inflations, radii) -> lis
 
 
 def _cpu_seconds() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    """CPU seconds of this process (a halving starts no processes; a worker runs one task at a time)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
 
 
 def final_budget(system_name: str, final=None) -> tuple[int, int]:
@@ -159,7 +170,8 @@ def final_budget(system_name: str, final=None) -> tuple[int, int]:
 
 def successive_halving(system_name: str, filter_name: str, N: int, sigma_y: float, points=None, rounds=None,
                        final=None, keep: float | None = None, finalists: int | None = None, refine: bool = True,
-                       seed: int = 0, workers: int | None = 1, log=print, evaluate=None) -> dict:
+                       seed: int = 0, workers: int | None = 1, log=print, evaluate=None, chunks: int = CHUNKS,
+                       scheduler: str | None = None) -> dict:
     """Tune (inflation, radius) for one (system, filter, N, sigma_y).
 
     Round 1 runs every point of `points` (default: the coarse grid) with the budget rounds[0]
@@ -170,6 +182,7 @@ def successive_halving(system_name: str, filter_name: str, N: int, sigma_y: floa
     not diverge are tried. Points that diverge are dropped at once. Round r uses the tuning seed
     100·seed + r, so every round sees fresh trajectories.
 
+    Each round's points run in `chunks` batches on `workers` processes or at `scheduler` (`evaluate_points`).
     `evaluate(points, trajectories, cycles, seed) -> (n_points, trajectories)` R-RMSEs, or a pair (R-RMSEs,
     lost-window flags), replaces the twin experiment (tests). Returns a dict with 'status' ('ok' or 'diverged'), 'best', 'rrmse', 'lost',
     'diverged', 'rounds' (the budget of each round), 'grid_points', 'trajectory_cycles', 'cpu_seconds',
@@ -186,7 +199,8 @@ def successive_halving(system_name: str, filter_name: str, N: int, sigma_y: floa
     coarse_rad = sorted({p[1] for p in points if p[1] is not None})
     if evaluate is None:
         def evaluate(pts, t, c, s):
-            return evaluate_points(system_name, filter_name, N, sigma_y, pts, t, c, s, workers, lost_windows=True)
+            return evaluate_points(system_name, filter_name, N, sigma_y, pts, t, c, s, workers, lost_windows=True,
+                                   chunks=chunks, scheduler=scheduler)
     level = np.inf if system_name == "linear" else lost_track_level(system_name)  # linear: no attractor
     label = f"{system_name} {filter_name} N={N} sigma_y={sigma_y}"
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
@@ -250,37 +264,65 @@ def successive_halving(system_name: str, filter_name: str, N: int, sigma_y: floa
 def tune_many(system_name: str, filter_name: str, Ns, sigma_ys, rounds=None, final=None, keep=None, finalists=None,
               refine: bool = True, inflations=None, radii=None, seed: int = 0, workers: int | None = 1,
               dry_run: bool = False, skip_existing: bool = False, directory: Path = TUNED_DIR, log=print,
-              grid=None) -> list[dict]:
+              grid=None, scheduler: str | None = None) -> list[dict]:
     """`daviz tune`: successive halving for each (sigma_y, N); each result is written to the table as it
-    comes (so a cut-off run resumes with skip_existing), with its budget and CPU time in the entry."""
-    out = []
+    comes (so a cut-off run resumes with skip_existing), with its budget and CPU time in the entry.
+
+    The entries are tasks (daviz.parallel): here one after the other, logging each round as it ends, or on
+    `workers` local processes / the cluster at `scheduler`, each entry's log printed when it arrives. An
+    entry is the same wherever it runs (canonical batches, named streams), and a lost worker costs only the
+    entry it was running.
+    """
     points = grid_for(system_name, filter_name, inflations, radii, grid)
-    for sigma_y in sigma_ys:
-        for N in Ns:
-            if skip_existing and (is_current(system_name, filter_name, N, sigma_y, directory)
-                                  or is_untunable(system_name, filter_name, N, sigma_y, directory)):
-                continue
-            res = successive_halving(system_name, filter_name, N, sigma_y, points=points, rounds=rounds, final=final,
-                                     keep=keep, finalists=finalists, refine=refine, seed=seed, workers=workers,
-                                     log=log)
-            t, c = res["rounds"][-1]["trajectories"], res["rounds"][-1]["cycles"]
-            meta = {"method": METHOD, "trajectories": t, "cycles": c, "rounds": res["rounds"],
-                    "grid_points": res["grid_points"], "trajectory_cycles": res["trajectory_cycles"],
-                    "cpu_seconds": res["cpu_seconds"], "seconds": res["seconds"], "lost": res["lost"],
-                    "diverged": res["diverged"], "lost_level": res["lost_level"], "lost_window": LOST_TRACK_WINDOW}
-            label = f"{system_name} {filter_name} N={N} sigma_y={sigma_y}"
-            if res["status"] == "ok":
-                infl, rad = res["best"]
-                if isinstance(rad, tuple):  # filter settings (EnSF) are stored with the entry, not as a radius
-                    meta, rad = {**meta, "params": dict(rad)}, None
-                if not dry_run:
-                    save_tuned(system_name, filter_name, N, sigma_y, infl, rad, res["rrmse"], meta, directory)
-                chosen = f"settings={meta['params']}" if "params" in meta else f"radius={rad}"
-                log(f"{label}: inflation={infl} {chosen} R-RMSE={res['rrmse']:.4f} on {t} x {c} "
-                    f"(lost {res['lost']}/{t}); {res['grid_points']} points, {res['cpu_seconds']} CPU s", flush=True)
-            else:
-                if not dry_run:
-                    save_untunable(system_name, filter_name, N, sigma_y, meta, directory)
-                log(f"{label}: every candidate diverged; {res['cpu_seconds']} CPU s", flush=True)
-            out.append({"N": N, "sigma_y": sigma_y, **res})
-    return out
+    entries = [(sigma_y, N) for sigma_y in sigma_ys for N in Ns
+               if not (skip_existing and (is_current(system_name, filter_name, N, sigma_y, directory)
+                                          or is_untunable(system_name, filter_name, N, sigma_y, directory)))]
+    options = {"rounds": rounds, "final": final, "keep": keep, "finalists": finalists, "refine": refine, "seed": seed}
+    here = runs_here(workers, scheduler, len(entries))
+    tasks = [(system_name, filter_name, N, sigma_y, points, options, log if here else None) for sigma_y, N in entries]
+
+    def finished(i, result):
+        res, lines = result
+        for line in lines:
+            log(line, flush=True)
+        sigma_y, N = entries[i]
+        _record(system_name, filter_name, N, sigma_y, res, dry_run, directory, log)
+
+    results = run_tasks(_halving_task, tasks, workers, scheduler, on_result=finished, progress=not here,
+                        label=f"tune {system_name} {filter_name}")
+    return [{"N": N, "sigma_y": sigma_y, **res} for (sigma_y, N), (res, _) in zip(entries, results)]
+
+
+def _halving_task(system_name, filter_name, N, sigma_y, points, options: dict, log=None) -> tuple[dict, list[str]]:
+    """One table entry's successive halving as a task: (result, log lines). With `log`, the rounds are logged
+    as they end and no lines are kept; without (on a worker), the lines come back for the caller to print."""
+    lines: list[str] = []
+
+    def keep_line(*parts, **kwargs):
+        lines.append(" ".join(map(str, parts)))
+
+    res = successive_halving(system_name, filter_name, N, sigma_y, points=points, log=log or keep_line, **options)
+    return res, lines
+
+
+def _record(system_name, filter_name, N, sigma_y, res: dict, dry_run: bool, directory: Path, log) -> None:
+    """Write one entry (or its "every candidate diverged") to the tables, and log the outcome."""
+    t, c = res["rounds"][-1]["trajectories"], res["rounds"][-1]["cycles"]
+    meta = {"method": METHOD, "trajectories": t, "cycles": c, "rounds": res["rounds"],
+            "grid_points": res["grid_points"], "trajectory_cycles": res["trajectory_cycles"],
+            "cpu_seconds": res["cpu_seconds"], "seconds": res["seconds"], "lost": res["lost"],
+            "diverged": res["diverged"], "lost_level": res["lost_level"], "lost_window": LOST_TRACK_WINDOW}
+    label = f"{system_name} {filter_name} N={N} sigma_y={sigma_y}"
+    if res["status"] == "ok":
+        infl, rad = res["best"]
+        if isinstance(rad, tuple):  # filter settings (EnSF) are stored with the entry, not as a radius
+            meta, rad = {**meta, "params": dict(rad)}, None
+        if not dry_run:
+            save_tuned(system_name, filter_name, N, sigma_y, infl, rad, res["rrmse"], meta, directory)
+        chosen = f"settings={meta['params']}" if "params" in meta else f"radius={rad}"
+        log(f"{label}: inflation={infl} {chosen} R-RMSE={res['rrmse']:.4f} on {t} x {c} "
+            f"(lost {res['lost']}/{t}); {res['grid_points']} points, {res['cpu_seconds']} CPU s", flush=True)
+    else:
+        if not dry_run:
+            save_untunable(system_name, filter_name, N, sigma_y, meta, directory)
+        log(f"{label}: every candidate diverged; {res['cpu_seconds']} CPU s", flush=True)
