@@ -7,7 +7,9 @@
 # daviz/tuned/untunable.json. Resumable: --skip-existing leaves entries already tuned this way alone, so
 # after a cut-off, rerun the same command and at most the entry in progress is lost.
 #   nohup nice -n 10 scripts/tune_all.sh >> results/tune_log.txt 2>&1 &
-# One process by default (WORKERS=2 uses both cores). Or run its two halves side by side, one per core
+# One process by default. WORKERS=2 tunes two (N, sigma_y) entries at a time on a local Dask cluster, and
+# SCHEDULER=tcp://host:8786 sends the entries to an existing one; the tables come out the same either way
+# (each entry is saved as it finishes). Or run its two halves side by side, one per core
 # (table writes are locked, so the shared untunable.json stays whole):
 #   nohup nice -n 10 scripts/tune_all.sh classic >> results/tune_log.txt 2>&1 &
 #   nohup nice -n 10 scripts/tune_all.sh ienkf >> results/tune_log_ienkf.txt 2>&1 &
@@ -16,11 +18,12 @@
 # make it as expensive as the whole other half.
 set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-W=${WORKERS:-1}
+WHERE=(--workers "${WORKERS:-1}")
+if [ -n "${SCHEDULER:-}" ]; then WHERE=(--scheduler "$SCHEDULER"); fi
 NS=${NS:-5,10,15,20,40,60,100}
 PART=${1:-all}
 case "$PART" in all|classic|ienkf) ;; *) echo "usage: $0 [all|classic|ienkf]" >&2; exit 2 ;; esac
-tune() { daviz tune --skip-existing --workers "$W" --N "$NS" "$@"; }
+tune() { daviz tune --skip-existing "${WHERE[@]}" --N "$NS" "$@"; }
 if [ "$PART" != ienkf ]; then
 for sy in 0.7 1.0; do tune --system l96 --filter letkf --sigma-y $sy; done
 for f in enkf esrf; do

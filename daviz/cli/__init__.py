@@ -25,7 +25,8 @@ def cmd_tune(args) -> None:
     tune_many(args.system, args.filter, args.N, args.sigma_y, rounds=parse_rounds(args.rounds),
               final=(args.trajectories, args.cycles), keep=args.keep, finalists=args.finalists,
               refine=not args.no_refine, inflations=args.inflations, radii=args.radii, seed=args.seed,
-              workers=args.workers, dry_run=args.dry_run, skip_existing=args.skip_existing, grid=args.ensf_grid)
+              workers=args.workers, scheduler=args.scheduler, dry_run=args.dry_run, skip_existing=args.skip_existing,
+              grid=args.ensf_grid)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,14 +40,19 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = _Parser(prog="daviz", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp, N_default="10,20"):
+    def common(sp, N_default="10,20", tasks=""):
         sp.add_argument("--system", choices=SYSTEM_NAMES, default="l96")
         sp.add_argument("--N", type=int_list, default=int_list(N_default), help="ensemble sizes, e.g. 10,20")
         sp.add_argument("--sigma-y", type=sigma_list, default=[1.0], help="observation noise std(s)")
         sp.add_argument("--seed", type=seed_int, default=0)
+        sp.add_argument("--workers", type=positive_int, default=1,
+                        help=f"run each (sigma_y, N{tasks}) on a local Dask cluster of this many processes, results "
+                             "identical to one process (default 1: this process, one after the other)")
+        sp.add_argument("--scheduler", metavar="ADDRESS",
+                        help="run on an existing Dask cluster instead, e.g. tcp://10.0.0.5:8786 (`dask scheduler`)")
 
     ev = sub.add_parser("evaluate", help="run filters on held-out test trajectories and report R-RMSE")
-    common(ev)
+    common(ev, tasks=", filter")
     ev.add_argument("--filters", type=filter_list, default=list(FILTER_NAMES))
     ev.add_argument("--trajectories", type=positive_int, default=64)
     ev.add_argument("--cycles", type=positive_int, help="cycles per trajectory (default: the paper's test length, "
@@ -73,7 +79,6 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tu.add_argument("--ensf-grid", type=settings_grid, metavar="NAME=V1,V2;...",
                     help="EnSF settings searched with the inflations (default kernel=0.25,0.5,0.75), e.g. "
                          "'kernel=0.25,0.5;damping=0.5,1,2;steps=20,50' (also eps_alpha, eps_beta)")
-    tu.add_argument("--workers", type=int, help="processes (default: all cores)")
     tu.add_argument("--dry-run", action="store_true", help="print the optimum without writing the table")
     tu.add_argument("--skip-existing", action="store_true",
                     help="leave (N, sigma_y) already tuned by successive halving (or found untunable) alone")
