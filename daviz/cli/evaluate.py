@@ -48,7 +48,7 @@ def write_json(path, rows) -> None:
 
 def cmd_evaluate(args) -> list[dict]:
     # Everything that can be refused is refused here, before any trajectory is computed.
-    workers, scheduler = getattr(args, "workers", 1), getattr(args, "scheduler", None)
+    workers, scheduler = args.workers, args.scheduler
     check_workers(workers, scheduler)
     if args.json:
         check_writable(args.json, "--json")

@@ -184,9 +184,9 @@ def successive_halving(system_name: str, filter_name: str, N: int, sigma_y: floa
 
     Each round's points run in `chunks` batches on `workers` processes or at `scheduler` (`evaluate_points`).
     `evaluate(points, trajectories, cycles, seed) -> (n_points, trajectories)` R-RMSEs, or a pair (R-RMSEs,
-    lost-window flags), replaces the twin experiment (tests). Returns a dict with 'status' ('ok' or 'diverged'), 'best', 'rrmse', 'lost',
-    'diverged', 'rounds' (the budget of each round), 'grid_points', 'trajectory_cycles', 'cpu_seconds',
-    'seconds'.
+    lost-window flags), replaces the twin experiment (tests). Returns a dict with 'status' ('ok' or
+    'diverged'), 'best', 'rrmse', 'lost', 'diverged', 'rounds' (the budget of each round), 'grid_points',
+    'trajectory_cycles', 'cpu_seconds', 'seconds'.
     """
     rounds = tuple(rounds or DEFAULT_ROUNDS)
     final = final_budget(system_name, final)
