@@ -47,6 +47,19 @@ def test_a_lost_worker_is_replaced_and_its_task_rerun(tmp_path):
     assert sorted(calls) == [0, 1, 2]  # each finished task handed over exactly once
 
 
+def worker_settings(_: int) -> tuple:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
+
+
+def test_local_workers_run_single_threaded_without_the_slow_malloc_setting(monkeypatch):
+    """Dask's MALLOC_TRIM_THRESHOLD_ halves the filters' speed (daviz.parallel); the nanny's settings must not
+    leak into this process's environment either (every later subprocess would inherit them)."""
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    before = dict(os.environ)
+    assert run_tasks(worker_settings, [(0,), (1,)], workers=2) == [(None, "1"), (None, "1")]
+    assert dict(os.environ) == before
+
+
 @pytest.mark.parametrize("workers,scheduler,message", [(0, None, "integer >= 1"), (2, "tcp://x:1", "not both"),
                                                        (None, " ", "needs an address")])
 def test_bad_requests_are_refused(workers, scheduler, message):
