@@ -1,6 +1,8 @@
 """Sweeps on a Dask cluster (issue 22): `daviz evaluate` and `daviz tune` give the same numbers on 2 workers as
 in one process, tuning batches are canonical, finished entries are kept, and bad requests are refused first."""
 import json
+import logging
+import os
 import re
 
 import numpy as np
@@ -35,6 +37,30 @@ def test_evaluate_json_is_identical_serially_and_on_two_workers(tmp_path, capsys
     assert all(np.isfinite(r["rrmse_mean"]) for r in serial)  # the case runs real filters, not all-NaN rows
 
 
+@pytest.fixture
+def kept_environment():
+    """A cluster started here writes its nanny's worker settings into this process's environment: undo that."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_evaluate_on_an_existing_cluster_gives_the_same_json(tmp_path, capsys, kept_environment):
+    """--scheduler ADDRESS: a cluster started apart (`dask scheduler` + `dask worker`, here a LocalCluster whose
+    workers keep Dask's default MALLOC_TRIM_THRESHOLD_, hence the one-line hint)."""
+    from dask.distributed import LocalCluster
+
+    argv = ["evaluate", "--system", "l63", "--N", "5", "--trajectories", "3", "--cycles", "20", "--filters",
+            "enkf,esrf", "--quiet", "--json"]
+    assert cli.main(argv + [str(tmp_path / "serial.json")]) == 0
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR) as c:
+        capsys.readouterr()
+        assert cli.main(argv + [str(tmp_path / "cluster.json"), "--scheduler", c.scheduler_address]) == 0
+    assert _rows(tmp_path / "serial.json") == _rows(tmp_path / "cluster.json")
+    assert "MALLOC_TRIM_THRESHOLD_" in capsys.readouterr().err
+
+
 def test_a_filter_alone_gets_the_numbers_it_gets_beside_the_others():
     """Why one task per filter changes nothing: truth, observations and the initial ensemble do not depend on
     which filters run, and each filter draws from its own noise stream."""
@@ -61,7 +87,8 @@ def _strip_timings(lines):
 
 def test_tune_entries_are_identical_serially_and_on_two_workers(tmp_path):
     logs = {"serial": [], "two": []}
-    kwargs = dict(rounds=((2, 20), (2, 30)), final=(3, 40), inflations=[1.0, 1.05, 1.2])  # EnKF: stochastic
+    # EnKF: stochastic. Seed 1: other tests time a first search on seed 0's trajectories (not yet remembered)
+    kwargs = dict(rounds=((2, 20), (2, 30)), final=(3, 40), inflations=[1.0, 1.05, 1.2], seed=1)
     for name, workers in (("serial", 1), ("two", 2)):
         tune_many("l63", "enkf", [5, 8], [1.0, 0.7], workers=workers, directory=tmp_path / name,
                   log=lambda *parts, **_: logs[name].append(" ".join(map(str, parts))), **kwargs)
@@ -79,7 +106,7 @@ def test_tune_entries_are_identical_serially_and_on_two_workers(tmp_path):
 
 def test_tuning_batches_are_canonical_whatever_the_workers():
     points = [(1.0, None), (1.05, None), (1.2, None)]
-    args = ("l63", "enkf", 5, 1.0, points, 2, 30)
+    args = ("l63", "enkf", 5, 1.0, points, 2, 30, 5)  # seed 5: see the tune test above
     one = evaluate_points(*args, chunks=2)
     two = evaluate_points(*args, chunks=2, workers=2)
     np.testing.assert_array_equal(one, two)
