@@ -65,3 +65,18 @@ def test_no_shipped_file_yet_is_a_promotion(tmp_path):
     good = weights_file(tmp_path / "good.pt", warm=True, seed=2)
     out = promote(good, tmp_path / "new.pt", **EVAL)
     assert out["promoted"] and out["shipped"] is None and ckpt.load(tmp_path / "new.pt")["system"] == "l96"
+
+
+def test_first_finetune_must_beat_the_n10_weights_at_its_n(tmp_path):
+    """No `_ft20` file yet: the candidate competes with the N = 10 weights scored at N = 20, whose sidecar keeps
+    its own N = 10 record."""
+    n10 = weights_file(tmp_path / "l96_sigma1.0_N10.pt", warm=True, seed=0)
+    before = ckpt.read_meta(n10)
+    at20 = dict(EVAL, N=20)
+    poor = promote(weights_file(tmp_path / "poor.pt", warm=False, seed=1), tmp_path / "l96_sigma1.0_N10_ft20.pt", **at20)
+    assert not poor["promoted"] and poor["shipped"]["N"] == 20
+    assert poor["candidate"]["rrmse_mean"] > poor["shipped"]["rrmse_mean"]
+    assert not (tmp_path / "l96_sigma1.0_N10_ft20.pt").exists() and ckpt.read_meta(n10) == before
+    good = promote(weights_file(tmp_path / "good.pt", warm=True, seed=2), tmp_path / "l96_sigma1.0_N10_ft40.pt",
+                   **dict(EVAL, N=40))
+    assert good["shipped"]["N"] == 40 and (tmp_path / "l96_sigma1.0_N10_ft40.pt").exists() == good["promoted"]

@@ -77,6 +77,8 @@ def run(a) -> int:
     finally:
         watchdog.cancel()
     log(f"smoke test passed in {report['seconds']} s on {report['device']}; warnings: {report['warnings'] or 'none'}")
+    if not report["graph_ok"]:
+        a.mode, a.ft_mode = "eager", "eager"
 
     now = time.time()
     reserve = 6.0 if a.toy else 25.0   # packing

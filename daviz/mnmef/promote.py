@@ -7,6 +7,7 @@ Both files are scored on the same "tune" trajectories (held out from training an
 daviz.mnmef.quickeval). The shipped file's score is kept in its sidecar (evaluation.tune) and reused while it
 was measured the same way. The candidate replaces the shipped file (weights only, no optimizer state) when
 its mean R-RMSE is lower and no more of its trajectories diverged; its sidecar then records both scores.
+A first fine-tune for an N (no `..._ftN.pt` yet) must beat the N = 10 weights scored at that N.
 When new N = 10 weights replace old ones, the fine-tunes shipped beside them (`..._ftN.pt`) were made from the
 old set transformer and would no longer fit: they are removed (git keeps them), so every N uses the new
 weights until its own fine-tune is promoted.
@@ -50,6 +51,11 @@ def promote(candidate, shipped, N: int | None = None, trajectories: int = 64, cy
         ckpt.load(shipped, system=data["system"], sigma_y=data["sigma_y"])  # refuse another system's file
         base = _tune_score(shipped, N, trajectories, cycles, seed)
         ckpt.record_evaluation(shipped, {"tune": base})
+    elif (n10 := _n10_weights(Path(shipped))) is not None:
+        # a first fine-tune competes with what N uses without it: the N = 10 weights, scored at N (not recorded:
+        # the N = 10 file's sidecar keeps its own N = 10 score)
+        ckpt.load(n10, system=data["system"], sigma_y=data["sigma_y"])
+        base = evaluate_file(n10, N, trajectories=trajectories, cycles=cycles, seed=seed, purpose="tune")
     better = base is None or (cand["rrmse_mean"] < base["rrmse_mean"] and cand["diverged"] <= base["diverged"])
     stale = []
     if better:
@@ -59,6 +65,14 @@ def promote(candidate, shipped, N: int | None = None, trajectories: int = 64, cy
     if curve is not None:
         _append_point(curve, candidate, cand, better)
     return {"candidate": cand, "shipped": base, "promoted": better, "removed_stale_finetunes": stale}
+
+
+def _n10_weights(shipped: Path) -> Path | None:
+    """For a fine-tune's file name (..._N10_ftN.pt), the shipped N = 10 weights beside it, if any."""
+    if "_ft" not in shipped.stem:
+        return None
+    n10 = shipped.with_name(shipped.stem.rsplit("_ft", 1)[0] + shipped.suffix)
+    return n10 if n10.is_file() else None
 
 
 def _remove_stale_finetunes(shipped: Path) -> list[str]:
