@@ -16,6 +16,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import panel as pn
 from panel.io.state import set_curdoc
 
+from .panel_writes import flush_stranded_writes
+
 log = logging.getLogger(__name__)
 
 LOOP_MS = 50  # how often the loop looks for work; each look takes well under a millisecond
@@ -97,6 +99,7 @@ class SessionLoop:
                 self.work.add_done_callback(lambda f: self.wake())
         with pn.io.hold(self.doc):
             self.draw(finished)
+        flush_stranded_writes(self.doc)  # a Panel bug can leave the last update unsent (panel_writes.py)
 
     def _next_work(self) -> Future | None:
         st = self.state
