@@ -1,6 +1,7 @@
 """How many explorer sessions one server holds: 1, 2, 4, 8, 16 pages playing at once in headless Chromium.
 
     python benchmarks/bench_sessions.py [--counts 1,2,4,8,16] [--seconds 20] [--speed 10] [--num-procs 1]
+                                        [--server-cpus 0]
 
 Serves app.py (`panel serve`, on a free loopback port, optionally with --num-procs) and, for each
 count, opens that many pages at once in Debian's headless Chromium, all with the explorer's default
@@ -11,10 +12,12 @@ as a class opening the same link would. Measured inside each page, while all of 
 - Pause: ms from the click to Play enabled, and to the status line saying "paused" (the last cycle
   computed drawn), for every page in turn while the others play; the worst over the pages;
 - CPU (cores busy over the window, from psutil): the server's processes, the browsers', and the rest
-  of the machine (other users' jobs). The browsers run on the same cores as the server here; in a
-  lecture hall they run on the students' laptops, so "sessions per server core" is the planning figure,
-  and the browsers run at a lower priority (--browser-nice) so that the server comes first, as it
-  would on its own machine; they still draw with what is left.
+  of the machine (other users' jobs).
+In a lecture hall the browsers run on the students' laptops; here they run beside the server, and a
+page's browser costs several times what its session costs the server (every frame redraws ~15
+plots). So the server is pinned to --server-cpus (default: CPU 0, one core: one process's engine and
+event loop share one GIL anyway) and the browsers to the other CPUs, and "sessions per core" is the
+sessions the server's cores held.
 Then: the most sessions with every page at >= 5 cycles/s, every Pause shown <= 1 s and none frozen.
 The server's session cap is lifted for the run (DAVIZ_MAX_SESSIONS).
 """
@@ -111,19 +114,19 @@ def browser_processes(server_pid: int) -> list:
     return [p for p in tree(os.getpid())[1:] if p.pid not in server]
 
 
-def renice(procs, niceness: int) -> None:
+def pin(procs, cpus: set[int]) -> None:
+    """Every thread of procs onto cpus (affinity is per thread; threads made later inherit it)."""
     for p in procs:
         try:
-            if p.nice() < niceness:
-                p.nice(niceness)
-        except psutil.Error:
+            for thread in p.threads():
+                os.sched_setaffinity(thread.id, cpus)
+        except (psutil.Error, OSError):
             pass
 
 
-def measure(browser, server: dict, count: int, speed: int, seconds: float, browser_nice: int) -> dict:
+def measure(browser, server: dict, count: int, speed: int, seconds: float) -> dict:
     server_pid = server["proc"].pid
     pages = open_pages(browser, f"{server['url']}?speed={speed}", count)
-    renice(browser_processes(server_pid), browser_nice)
     for page in pages:
         page.evaluate("() => window.__daviz_button('Play').click()")
     wait_until(lambda: all(cycles(p) >= 3 for p in pages), 180, f"all {count} pages to play")
@@ -163,34 +166,47 @@ def main(argv=None) -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="playing time over which cycles/s is measured")
     ap.add_argument("--speed", type=int, default=10, help="cycles/s every page asks for")
     ap.add_argument("--num-procs", type=int, default=1, help="panel serve --num-procs")
-    ap.add_argument("--browser-nice", type=int, default=10, help="niceness of the browsers (0: same as the server)")
+    ap.add_argument("--server-cpus", default="0", help="CPUs the server runs on (the browsers get the others)")
     args = ap.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
     from playwright.sync_api import sync_playwright
 
-    cores = psutil.cpu_count()
+    all_cpus = set(os.sched_getaffinity(0))
+    server_cpus = {int(c) for c in args.server_cpus.split(",")} & all_cpus or all_cpus
+    browser_cpus = all_cpus - server_cpus or all_cpus
     rows = []
     extra = ["--num-procs", str(args.num_procs)] if args.num_procs != 1 else []
     env = {"DAVIZ_MAX_SESSIONS": str(10 * max(counts))}
-    with served_app(None, extra, env=env) as server, sync_playwright() as p:
-        browser = launch_chromium(p)
-        for page in open_pages(browser, server["url"], max(1, args.num_procs)):  # warm-up: imports, MNMEF weights
-            page.evaluate("() => window.__daviz_button('Play').click()")
-            wait_until(lambda: cycles(page) >= 3, 180, "the warm-up page to play")
-            page.context.close()
-        for count in counts:
-            row = measure(browser, server, count, args.speed, args.seconds, args.browser_nice)
-            rows.append(row)
-            cps, cpu = row["cps"], row["cpu"]
-            print(f"{count:2} sessions: cycles/s {min(cps):5.1f} / {statistics.median(cps):5.1f} / {max(cps):5.1f}  "
-                  f"stall {row['stall']:4.1f} s  Pause {worst(row['pause_enabled']):6.0f} / "
-                  f"{worst(row['pause_shown']):6.0f} ms  cores: server {cpu['server']:.2f} browsers "
-                  f"{cpu['browsers']:.2f} other {cpu['other']:.2f}", flush=True)
-        browser.close()
+    with served_app(None, extra, env=env) as server:
+        os.sched_setaffinity(0, browser_cpus)  # what this process starts from now on (Chromium) runs there
+        with sync_playwright() as p:
+            run(p, server, counts, args, server_cpus, rows)
+    report(rows, counts, args, server_cpus, browser_cpus)
 
+
+def run(p, server: dict, counts: list[int], args, server_cpus: set[int], rows: list) -> None:
+    """Warm the server up, pin it, then measure every count (printing each row as it comes)."""
+    browser = launch_chromium(p)
+    for page in open_pages(browser, server["url"], max(1, args.num_procs)):  # warm-up: imports, MNMEF weights
+        page.evaluate("() => window.__daviz_button('Play').click()")
+        wait_until(lambda: cycles(page) >= 3, 180, "the warm-up page to play")
+        page.context.close()
+    pin(tree(server["proc"].pid), server_cpus)  # after the warm-up: --num-procs has forked by now
+    for count in counts:
+        row = measure(browser, server, count, args.speed, args.seconds)
+        rows.append(row)
+        cps, cpu = row["cps"], row["cpu"]
+        print(f"{count:2} sessions: cycles/s {min(cps):5.1f} / {statistics.median(cps):5.1f} / {max(cps):5.1f}  "
+              f"stall {row['stall']:4.1f} s  Pause {worst(row['pause_enabled']):6.0f} / "
+              f"{worst(row['pause_shown']):6.0f} ms  cores: server {cpu['server']:.2f} browsers "
+              f"{cpu['browsers']:.2f} other {cpu['other']:.2f}", flush=True)
+    browser.close()
+
+
+def report(rows: list, counts: list[int], args, server_cpus: set[int], browser_cpus: set[int]) -> None:
     print()
-    print(f"L96 N=20, default filters, {args.speed} cycles/s asked, panel serve --num-procs {args.num_procs}, "
-          f"{cores} cores shared by server, browsers (nice {args.browser_nice}) and other jobs; "
+    print(f"L96 N=20, default filters, {args.speed} cycles/s asked, panel serve --num-procs {args.num_procs} on "
+          f"CPU {sorted(server_cpus)}, the browsers on CPU {sorted(browser_cpus)} (other jobs anywhere); "
           f"{args.seconds:.0f} s per count.")
     print("cycles/s per session min / median / max; Pause: worst ms to Play enabled / to 'paused' shown; "
           "cores busy over the window.")
@@ -213,8 +229,8 @@ def main(argv=None) -> None:
     n, server_cores = best["count"], best["cpu"]["server"]
     print(f"most sessions at >= {TARGET_CPS:.0f} cycles/s with Pause <= {TARGET_PAUSE_MS:.0f} ms: {n} "
           f"(largest count tried: {max(counts)})")
-    print(f"  = {n / cores:.1f} sessions per core of this {cores}-core machine, browsers and other jobs included")
-    print(f"  = {n / max(server_cores, 1e-9):.1f} sessions per core the server used ({server_cores:.2f} cores busy)")
+    print(f"  = {n / len(server_cpus):.1f} sessions per core given to the server ({len(server_cpus)}; "
+          f"it used {server_cores:.2f} cores busy)")
 
 
 if __name__ == "__main__":

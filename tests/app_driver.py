@@ -97,7 +97,7 @@ def served_app(log_path: Path | None = None, extra_args=(), env=None, port: int 
     proc = subprocess.Popen(
         [sys.executable, "-m", "panel", "serve", "app.py", "--port", str(port), "--address", "127.0.0.1",
          *allowed, *extra_args],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # a group: --num-procs forks
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, process_group=0,  # one group: --num-procs forks
         env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})})
 
     def up():  # the port accepts connections (a GET of /app would start a whole session)
