@@ -1,4 +1,4 @@
 """`panel serve app.py`: the daviz explorer (one independent experiment per browser session)."""
-from daviz.app.explorer import create_app
+from daviz.app.serve import serve_page
 
-create_app().servable(title="daviz explorer")
+serve_page(title="daviz explorer")

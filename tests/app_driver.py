@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,13 @@ window.__daviz_find = (pred) => {
 };
 window.__daviz_button = (label) => window.__daviz_find(el => el.tagName === 'BUTTON' && el.textContent.trim() === label);
 window.__daviz_cycle = () => { const el = window.__daviz_find(el => el.id === 'daviz-cycle'); return el ? parseInt(el.textContent) : -1; };
+window.__daviz_running = () => { const el = window.__daviz_find(el => el.id === 'daviz-running'); return el ? el.textContent : ''; };
+window.__daviz_samples = [];
+window.__daviz_sample = (every_ms) => {  // (ms, cycle shown) every every_ms, kept in the page
+  clearInterval(window.__daviz_sampler);
+  window.__daviz_samples = [];
+  window.__daviz_sampler = setInterval(() => window.__daviz_samples.push([performance.now(), window.__daviz_cycle()]), every_ms);
+};
 window.__daviz_frame = () => {  // frame numbers go on across layouts: the newest is the largest
   let seq = -1;
   for (const doc of Bokeh.documents) for (const m of doc.all_models)
@@ -73,15 +81,23 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+def launch_chromium(playwright, **kwargs):
+    """Debian's headless Chromium through Playwright (Playwright's own browser download cannot work here)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, **kwargs)
+
+
 @contextlib.contextmanager
-def served_app(log_path: Path | None = None, extra_args=(), env=None):
-    """`panel serve app.py` on a free port; yields {'url', 'proc', 'port'}; stops it (SIGTERM) at the end."""
-    port = free_port()
+def served_app(log_path: Path | None = None, extra_args=(), env=None, port: int | None = None,
+               origins: tuple[str, ...] = ()):
+    """`panel serve app.py` on a free port (or `port`); yields {'url', 'proc', 'port'}; stops it (SIGTERM) at
+    the end. `origins`: further hosts the websocket may come from (a load balancer in front)."""
+    port = port or free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    allowed = [arg for origin in (f"127.0.0.1:{port}", *origins) for arg in ("--allow-websocket-origin", origin)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "panel", "serve", "app.py", "--port", str(port), "--address", "127.0.0.1",
-         "--allow-websocket-origin", f"127.0.0.1:{port}", *extra_args],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+         *allowed, *extra_args],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, process_group=0,  # one group: --num-procs forks
         env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})})
 
     def up():  # the port accepts connections (a GET of /app would start a whole session)
@@ -100,8 +116,25 @@ def served_app(log_path: Path | None = None, extra_args=(), env=None):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        stop_group(proc.pid)  # the processes --num-procs forked outlive their parent
         if log_path:
             log.close()
+
+
+def stop_group(pgid: int, timeout: float = 15) -> None:
+    """SIGTERM to what is left of a process group, SIGKILL after `timeout` s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
 
 def open_page(browser, url: str, errors: list | None = None, viewport=(1440, 900), min_canvases: int = 4,
@@ -147,6 +180,7 @@ def click_and_time(page, button: str, answered_js: str, timeout_ms: int = 60_000
 
 
 PLAY_ENABLED = "(() => { const p = window.__daviz_button('Play'); return p && !p.disabled; })()"
+PAUSED = "window.__daviz_running() === 'paused'"  # the status line: the last cycle computed is drawn
 STEPPED = "window.__daviz_cycle() === before + 1"
 # Reset while playing goes on playing from cycle 0: the first status the page shows may already be a
 # few cycles on (on a fast machine it never shows 0), so "answered" means the count went back.

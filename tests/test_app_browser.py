@@ -15,8 +15,8 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from app_driver import (CHROMIUM, CHROMIUM_ARGS, PLAY_ENABLED, RESET, ROOT, STEPPED, click_and_time, cpu_load,
-                        cycle_of, frame_seq, open_page, served_app, status_of, wait_until)
+from app_driver import (CHROMIUM, PAUSED, PLAY_ENABLED, RESET, ROOT, STEPPED, click_and_time, cpu_load, cycle_of,
+                        frame_seq, launch_chromium, open_page, served_app, status_of, wait_until)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -38,7 +38,7 @@ def server():
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 
@@ -274,3 +274,65 @@ def test_presets_of_the_score_and_variational_methods_play(server, browser, pres
     assert len(image_rows(page)) == 2 + 3 * len(runs)
     assert not errors, errors
     page.context.close()
+
+
+def test_reset_while_paused_always_settles(server, browser):
+    """Panel 1.9.4 could leave the last update of a Reset while paused unsent, and the page stayed at
+    "cycle 0 · pausing…" (about one Reset in eight on a busy machine; daviz/app/panel_writes.py)."""
+    page = open_page(browser, server["url"] + "?speed=30", min_canvases=10)
+    for attempt in range(12):
+        page.get_by_role("button", name="Play").click()
+        start = cycle_of(page)
+        wait_until(lambda: cycle_of(page) >= start + 5, 60, "five cycles")
+        page.get_by_role("button", name="Pause").click()
+        wait_until(lambda: "paused" in status_of(page), 30, "the page to say paused")
+        ms = click_and_time(page, "Reset", f"window.__daviz_cycle() === 0 && {PAUSED}", timeout_ms=20_000)
+        assert ms >= 0, f"Reset {attempt + 1} while paused: the page stays at {status_of(page)!r}"
+    page.context.close()
+
+
+def test_a_full_server_says_so_and_takes_the_next_page_once_one_closes(browser):
+    with served_app(None, SERVER_ARGS, env={"DAVIZ_MAX_SESSIONS": "1"}) as srv:
+        first = open_page(browser, srv["url"] + "?speed=20&filters=EnKF&N=10")
+        first.get_by_role("button", name="Play").click()
+        wait_until(lambda: cycle_of(first) >= 5, 60, "the first session to play")
+        full = browser.new_context().new_page()
+        full.goto(srv["url"])
+        full.get_by_text("The server is full").wait_for(timeout=60_000)
+        assert full.get_by_text("1 of 1 sessions in use").count() == 1
+        assert full.get_by_role("button", name="Play").count() == 0  # no explorer, nothing computed
+        full.context.close()
+        first.context.close()  # its slot is free once the server sees the tab gone
+        wait_until(lambda: _plays(browser, srv["url"] + "?speed=20&filters=EnKF&N=10"), 60,
+                   "a new page to get the free slot and play")
+
+
+def _plays(browser, url: str) -> bool:
+    """Open url; True if it is the explorer and it plays (False, tab closed, if the server is still full)."""
+    page = browser.new_context().new_page()
+    page.goto(url)
+    page.get_by_text("The server is full").or_(page.get_by_role("button", name="Play")).first.wait_for(timeout=60_000)
+    if page.get_by_text("The server is full").count():
+        page.context.close()
+        return False
+    page.get_by_role("button", name="Play").click()
+    wait_until(lambda: cycle_of(page) >= 5, 60, "the new session to play")
+    page.context.close()
+    return True
+
+
+def test_two_sessions_play_under_num_procs_2(browser):
+    """`panel serve --num-procs 2`: each page plays, whichever process its HTML and its websocket reach,
+    and its styles come from the server (not a CDN this machine may not reach)."""
+    with served_app(None, [*SERVER_ARGS, "--num-procs", "2"]) as srv:
+        errors: list[str] = []
+        pages = [open_page(browser, srv["url"] + f"?speed=20&filters=EnKF,LETKF&N=10&seed={i}", errors)
+                 for i in range(2)]
+        for page in pages:
+            page.get_by_role("button", name="Play").click()
+        wait_until(lambda: all(cycle_of(p) >= 10 for p in pages), 120, "both sessions to play")
+        counts = [cycle_of(p) for p in pages]
+        wait_until(lambda: all(cycle_of(p) >= c + 10 for p, c in zip(pages, counts)), 120, "both to go on playing")
+        assert not errors, errors
+        for page in pages:
+            page.context.close()

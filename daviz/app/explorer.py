@@ -1,33 +1,24 @@
 """The explorer's page: controls in the sidebar, the status and the live plots in the main area.
 
-One `Explorer` per browser session (app.py builds it inside the served script, which Panel runs once
+One `Explorer` per browser session (serve.py builds it inside the served script, which Panel runs once
 per session), so every session owns its experiment and random streams. The state (state.py) holds
 the settings and the experiment; the views (views/, plots.py) draw it; the session loop (loop.py)
 runs the engine off the event loop and calls `_draw`, which redoes what changed and sends a frame.
 """
 from __future__ import annotations
 
-import html
-import logging
-import threading
-
 import numpy as np
 import panel as pn
 import param
 from bokeh.models import Div as BokehDiv
 
-from ..experiment import climatology
-from . import mnmef_weights
 from .controls import Controls
 from .download import run_file
+from .engine import ENGINE
 from .loop import SessionLoop
 from .plots import ExplorerPlots
 from .state import ExplorerState
-from .settings import SYSTEMS
-from .url import sync_url
-from .views.status import Notes, StatusLine
-
-log = logging.getLogger(__name__)
+from .views.status import Notes, StatusLine, speed_text
 
 
 class Explorer(pn.viewable.Viewer):
@@ -43,6 +34,9 @@ class Explorer(pn.viewable.Viewer):
         self.frames = 0
         self.url_problem = ""  # URL values refused at load; shown until the user changes a setting
         self._dirty: set[str] = set()  # what `_draw` must redo: layout, status, series, localization
+        self._closed_callbacks: list = []
+        self._built: ExplorerPlots | None = None  # figures the engine built, not shown yet
+        self._building = False
         self.loop = SessionLoop(draw=self._draw, on_close=self.close)
         self.state = ExplorerState(autostart=autostart, runner=self._run_later, **state_params)
         self.loop.state = self.state
@@ -133,15 +127,38 @@ class Explorer(pn.viewable.Viewer):
         key = ExplorerPlots.layout_key(rec, lecture, diagnostics)
         if self.plots is not None and self.plots.key == key:
             return
-        first_seq = self.plots.seq if self.plots is not None else 0  # frame numbers go on across layouts
-        self.plots = ExplorerPlots(st, lecture=lecture, diagnostics=diagnostics, first_seq=first_seq)
-        self.plots.on_ack = self.loop.wake  # the next frame goes as soon as the browser has drawn this one
-        self.status.set_lecture(lecture)
-        self._main_pane.object = self.plots.main
-        self._side_pane.object = self.plots.side
-        if self.plots.diag is not None:
-            self._diag_pane.object = self.plots.diag
-        self._diag_pane.visible = self.plots.diag is not None
+        built, self._built = self._built, None
+        if built is not None and built.key == key:
+            self._show(built)
+        elif self.loop.doc is None:  # not served (tests, notebooks): build here and now
+            self._show(ExplorerPlots(st, lecture=lecture, diagnostics=diagnostics))
+        elif not self._building:
+            # Served: building the figures takes ~0.5 s, which on the event loop would hold up every
+            # session's clicks (a class opening the link at once); the engine builds them in its turn.
+            self._building = True
+            self.loop.submit(lambda: self._build(lecture, diagnostics))
+
+    def _build(self, lecture: bool, diagnostics: bool) -> None:
+        """On the engine: the figures for the current recorder; `_sync_layout` shows them if still wanted."""
+        try:
+            if self.state.recorder is not None and not self.state.closed:
+                self._built = ExplorerPlots(self.state, lecture=lecture, diagnostics=diagnostics)
+        finally:
+            self._building = False
+            self._mark("layout")
+
+    def _show(self, plots: ExplorerPlots) -> None:
+        """Swap the page's figures for `plots` (event loop, document held)."""
+        if self.plots is not None:  # frame numbers go on across layouts
+            plots.seq = plots.acked = self.plots.seq
+        self.plots = plots
+        plots.on_ack = self.loop.wake  # the next frame goes as soon as the browser has drawn this one
+        self.status.set_lecture(plots.lecture)
+        self._main_pane.object = plots.main
+        self._side_pane.object = plots.side
+        if plots.diag is not None:
+            self._diag_pane.object = plots.diag
+        self._diag_pane.visible = plots.diag is not None
 
     def status_html(self) -> str:
         """The status line as the page would show it now."""
@@ -150,7 +167,7 @@ class Explorer(pn.viewable.Viewer):
         if loop.restarting:
             running = "restarting…"
         elif st.playing:
-            running = f"{st.cycles_per_second:.1f} cycles/s"
+            running = speed_text(st.cycles_per_second, st.speed, st.behind, ENGINE.shared())
         else:  # "paused" once the last cycle computed has been drawn: nothing moves after it
             settled = loop.idle and (plots is None or not plots.pending())
             running = "paused" if settled else "pausing…"
@@ -161,16 +178,29 @@ class Explorer(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------ session
     def start(self):
-        """Start the session loop once the page has loaded; stop and free everything when it closes."""
+        """Start the session loop once the page has loaded; stop and free everything when it closes.
+
+        Without an experiment yet (the served page: sync_url leaves it to here), the first one is
+        built by the loop's first piece of engine work, once the page has loaded: never on the event
+        loop, where a class opening the link at once would queue every click behind the builds, and
+        never for a session whose page connected to another server process (`--num-procs`)."""
+        if self.state.experiment is None and not self.state.restarting:
+            self.state.request_restart()  # the loop has no document yet: this waits for its first look
         self.loop.start()
         pn.state.on_session_destroyed(lambda session_context: self.close())
         return self
+
+    def when_closed(self, fn) -> None:
+        """Call fn() once the session has closed (its slot on the server is free again)."""
+        self._closed_callbacks.append(fn)
 
     def close(self) -> None:
         """The session ended or its connection went: stop at once, release the experiment."""
         self.loop.stop()
         self.state.close()
         self.plots = None
+        while self._closed_callbacks:
+            self._closed_callbacks.pop()()
 
     # ------------------------------------------------------------------ page
     def main(self):
@@ -190,48 +220,7 @@ class Explorer(pn.viewable.Viewer):
                       pn.Column(*self.main(), sizing_mode="stretch_width"))
 
 
-_warmed = threading.Event()
-
-
-def warm_up() -> None:
-    """Once per server process, in a background thread: the climatologies behind "lost track" and the
-    default MNMEF weights, so the first session does not wait for them (each takes seconds cold)."""
-    if _warmed.is_set():
-        return
-    _warmed.set()
-
-    def work():
-        mnmef_weights.request("l96", 1.0, ExplorerState.param.N.default)
-        for name in SYSTEMS.values():
-            try:
-                climatology(name)
-            except Exception:  # noqa: BLE001 (only a warm-up: the session computes it if needed)
-                log.exception("warm-up of the %s climatology failed", name)
-
-    threading.Thread(target=work, name="daviz-warm-up", daemon=True).start()
-
-
 def _flex_pane(bokeh_layout, grow: int, basis: int):
     """A Bokeh layout as a flex item: panes share a row in proportion `grow` and wrap below `basis` px."""
     css = f":host {{flex: {grow} 1 {basis}px !important; width: auto !important;}}"
     return pn.pane.Bokeh(bokeh_layout, sizing_mode="stretch_width", min_width=basis, stylesheets=[css])
-
-
-def create_app(**params):
-    """A new explorer for the current session, its loop started, laid out in the template.
-
-    Keyword arguments set the initial state; the page's URL (e.g. `?system=ks&N=10&speed=30&filters=
-    EnKF,LETKF`) overrides them and then follows every change of the settings.
-    """
-    warm_up()
-    try:
-        explorer = Explorer(autostart=False, **params)
-        sync_url(explorer)
-        explorer.start()
-        template = explorer.template()
-    except Exception as exc:  # a bug must still give a page that says what happened, not a blank one
-        log.exception("could not build the explorer")
-        return pn.Column(pn.pane.HTML(f"<h3>daviz could not start this page</h3><pre>{html.escape(repr(exc))}</pre>"
-                                      "<p>Reload the page; if it persists, the server log has the details.</p>"))
-    template.explorer = explorer  # handy for debugging
-    return template

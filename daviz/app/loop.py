@@ -5,22 +5,24 @@ earlier design awaited the engine inside the callback, so under load the lock wa
 the time, clicks (Pause) queued behind whole ticks, and frames piled up in the websocket. Now each
 look (`tick`, every LOOP_MS or sooner when woken) only starts the next piece of engine work on a
 thread and returns; `draw` pushes a frame only when the browser has acknowledged the previous one.
-The lock is held for milliseconds and at most one small frame is in flight.
+The lock is held for milliseconds and at most one small frame is in flight. The engine work of all
+sessions takes turns on one worker (engine.py), so under overload every session slows down evenly.
 """
 from __future__ import annotations
 
 import logging
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import panel as pn
 from panel.io.state import set_curdoc
 
+from .engine import ENGINE
+from .panel_writes import flush_stranded_writes
+
 log = logging.getLogger(__name__)
 
 LOOP_MS = 50  # how often the loop looks for work; each look takes well under a millisecond
-# Engine work of all sessions; numpy releases the GIL in its kernels, so two threads use two cores.
-ENGINE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="daviz-engine")
 
 
 class SessionLoop:
@@ -32,7 +34,8 @@ class SessionLoop:
         self.state = None  # the session's ExplorerState, set once it exists (its runner is `submit`)
         self.draw = draw
         self.on_close = on_close
-        self.work: Future | None = None  # the engine work in progress
+        self.work: Future | None = None  # the engine work in progress (or waiting for its turn)
+        self._work_plays = False  # whether that work is cycles for the player (cancelled by a pause)
         self.jobs: deque = deque()  # restarts and filter swaps, run in order before any more cycles
         self.steps_owed = 0
         self.doc = None
@@ -81,9 +84,11 @@ class SessionLoop:
         if self._connection_lost():
             self.on_close()
             return
+        if self.work is not None and self._work_plays and not st.playing:
+            self.work.cancel()  # still waiting for its turn: a pause needs no turn at all
         finished = self.work is not None and self.work.done()
         if finished:
-            exc = self.work.exception()
+            exc = None if self.work.cancelled() else self.work.exception()
             self.work = None
             if exc is not None:
                 log.error("engine work failed", exc_info=exc)
@@ -97,9 +102,11 @@ class SessionLoop:
                 self.work.add_done_callback(lambda f: self.wake())
         with pn.io.hold(self.doc):
             self.draw(finished)
+        flush_stranded_writes(self.doc)  # a Panel bug can leave the last update unsent (panel_writes.py)
 
     def _next_work(self) -> Future | None:
         st = self.state
+        self._work_plays = False
         if self.jobs:
             return ENGINE.submit(self.jobs.popleft())
         if st.restarting:
@@ -108,7 +115,10 @@ class SessionLoop:
             self.steps_owed -= 1
             return ENGINE.submit(st.advance, 1)
         n = st.cycles_due()
-        return ENGINE.submit(st.advance, n, True) if n > 0 else None
+        if n <= 0:
+            return None
+        self._work_plays = True
+        return ENGINE.submit(st.advance, n, True)
 
     def _connection_lost(self) -> bool:
         """True once the browser that had this session has gone (tab closed, network lost)."""

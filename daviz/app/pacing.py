@@ -4,6 +4,9 @@ from __future__ import annotations
 import time
 from collections import deque
 
+RATE_WINDOW_S = 3.0  # the speed reached is measured over the advances of the last few seconds
+BEHIND = 0.9  # below this fraction of the speed asked, the page says the speed is not reached
+
 
 class Pacer:
     """Cycles owed at `speed` cycles/s since the last look, never more than half a second's worth."""
@@ -12,7 +15,7 @@ class Pacer:
         self.cycles_per_second = 0.0
         self._owed = 0.0
         self._last_clock: float | None = None
-        self._history: deque = deque(maxlen=20)  # (time, cycle) of recent advances
+        self._history: deque = deque()  # (time, cycle) of the advances of the last RATE_WINDOW_S
 
     def reset(self) -> None:
         """A new experiment: nothing owed, no rate yet."""
@@ -40,10 +43,23 @@ class Pacer:
         self._owed -= n
         return n
 
-    def done(self, cycle: int) -> None:
-        """Cycles were run up to `cycle`: update the measured rate (over the last 20 advances)."""
-        now = time.monotonic()
-        self._history.append((now, cycle))
-        t0, c0 = self._history[0]
+    def done(self, cycle: int, now: float | None = None) -> None:
+        """Cycles were run up to `cycle`: update the measured rate (over the last RATE_WINDOW_S, so that
+        it follows the server's load, and never fewer than two advances: under overload they are rare)."""
+        now = time.monotonic() if now is None else now
+        history = self._history
+        history.append((now, cycle))
+        while len(history) > 2 and now - history[1][0] >= RATE_WINDOW_S:
+            history.popleft()
+        t0, c0 = history[0]
         if now - t0 > 0.2:
             self.cycles_per_second = (cycle - c0) / (now - t0)
+
+    def measured_for(self, now: float | None = None) -> float:
+        """Seconds the measured rate covers (0 before the second advance)."""
+        now = time.monotonic() if now is None else now
+        return now - self._history[0][0] if len(self._history) > 1 else 0.0
+
+    def behind(self, speed: float, now: float | None = None) -> bool:
+        """Whether the measured rate (over at least a second) is clearly below the speed asked."""
+        return self.measured_for(now) >= 1.0 and self.cycles_per_second < BEHIND * speed

@@ -35,7 +35,9 @@ class ExplorerState(ExplorerSettings):
     restarts = param.Integer(default=0, doc="Incremented by every restart; views rebuild on change.")
 
     window = param.Integer(default=250, bounds=(10, 2000), constant=True, doc="Rolling window in cycles.")
-    max_seconds_per_advance = param.Number(default=0.25, doc="Cap on compute time of one advance().")
+    max_seconds_per_advance = param.Number(default=0.1, doc=(
+        "Cap on compute time of one advance(): one turn on the server's shared engine (engine.py), short so "
+        "that under overload the turns go round all sessions often."))
 
     def __init__(self, autostart: bool = True, runner=None, **params):
         """`autostart=False` leaves the first restart to the caller (after reading the URL, say).
@@ -71,6 +73,11 @@ class ExplorerState(ExplorerSettings):
     @property
     def cycles_per_second(self) -> float:
         return self.pacer.cycles_per_second
+
+    @property
+    def behind(self) -> bool:
+        """Whether it plays clearly slower than the speed asked (measured over the last seconds)."""
+        return self.playing and self.pacer.behind(self.speed)
 
     @property
     def mnmef_status(self) -> str:

@@ -36,11 +36,12 @@ def _convert_url_value(name: str, raw: str):
     return raw
 
 
-def sync_url(explorer) -> None:
+def sync_url(explorer, start: bool = True) -> None:
     """Read the settings from the page's URL and keep the URL equal to the settings (Panel's own sync).
 
     Panel applies all URL values in one batch and gives up on the batch if any is invalid; then each
     value is tried alone, so the good ones still apply and each bad one is named in the message.
+    `start=False` leaves building the experiment to the caller (the served page: `Explorer.start`).
     """
     location = pn.state.location
     if location is None:
@@ -69,7 +70,8 @@ def sync_url(explorer) -> None:
     else:
         state.fit_component()
         state.apply_tuned_defaults()
-        state.restart()
+        if start:
+            state.restart()
     if refused:
         explorer.show_url_problem(
             "ignored URL settings (shown as typed): " + ", ".join(refused)

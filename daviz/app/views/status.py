@@ -19,6 +19,7 @@ CSS = """
 .daviz-status {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; line-height: 1.6;}
 .daviz-status .bad {color: #b00020; font-weight: 600;}
 .daviz-status .win {color: #555;}
+.daviz-status .slow {color: #8a4b00; font-weight: 600;}
 """
 ALERT_CSS = ":host(.daviz-alert) {{background: {bg}; color: {fg}; border: 1px solid {border}; border-radius: 6px; " \
             "padding: 4px 12px; font-size: 14px;}}"
@@ -58,6 +59,15 @@ class StatusLine:
                 text += f" <span class='win'>(last {rec.window}: {win:.3f})</span>"
             parts.append(f"{name} {text}")
         return "<span id='daviz-status'>" + " &nbsp;·&nbsp; ".join(parts) + "</span>"
+
+
+def speed_text(reached: float, asked: int, behind: bool, server_busy: bool) -> str:
+    """'9.8 cycles/s' while the speed asked is kept; otherwise what is reached of it and why:
+    '7.5 of 10 cycles/s (server busy)' when other sessions share the engine, else the filters' own cost."""
+    if not behind:
+        return f"{reached:.1f} cycles/s"
+    why = "server busy" if server_busy else "as fast as these filters run here"
+    return f"{reached:.1f} of {asked} cycles/s <span class='slow'>({why})</span>"
 
 
 def _alert(bg: str, fg: str, border: str):
