@@ -1,7 +1,7 @@
 """deploy/nginx-daviz.conf as committed, tried on loopback: nginx in front of two `panel serve app.py`
 servers (the "machines"), browsers through nginx. Each browser sticks to one server (its page and its
 websocket reach the server that built its session), browsers are spread over the servers, and a
-page plays. Skipped where nginx or Chromium is missing (CI installs neither nginx nor needs it)."""
+page plays. Skipped where nginx or Chromium is missing (.ci/run installs both)."""
 from __future__ import annotations
 
 import contextlib

@@ -177,3 +177,26 @@ def test_an_unreachable_scheduler_is_one_line_and_no_trajectory_runs(monkeypatch
         assert cli.main(EVALUATE + ["--scheduler", "tcp://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "cannot reach the Dask scheduler tcp://127.0.0.1:1" in err
+
+
+def test_a_worker_lost_mid_task_costs_only_that_task(tmp_path):
+    """A worker process killed mid-task (as by the OOM killer): Dask runs that task again on a new worker,
+    every result arrives once, in task order, and the tasks already done are not lost."""
+    from daviz.parallel import run_tasks
+
+    def square_once_dying(i, folder):
+        import os
+        from pathlib import Path
+        runs = Path(folder) / f"runs_{i}"
+        with runs.open("a") as fh:
+            fh.write("x")
+        if i == 2 and runs.read_text() == "x":
+            os._exit(1)  # the first try of task 2 takes its worker process down with it
+        return i * i
+
+    seen = []
+    out = run_tasks(square_once_dying, [(i, str(tmp_path)) for i in range(4)], workers=2,
+                    on_result=lambda i, r: seen.append(i))
+    assert out == [0, 1, 4, 9]
+    assert sorted(seen) == [0, 1, 2, 3]  # each result handed over once
+    assert (tmp_path / "runs_2").read_text() == "xx"  # the lost task ran again
