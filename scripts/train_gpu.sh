@@ -10,6 +10,7 @@
 # On the developer machine afterwards (repository root; FILES = the folder the files came back to):
 #   python -m daviz.mnmef.gpu unpack FILES        # weights -> pretrained/, trunk states, logs -> runs/gpu/
 #
+# --pairs l96:1.0,ks:1.0: only those models (six workers share one saturated GPU: two get three times the steps).
 # --toy: the same code at CI size on the CPU (CUDA features off), well under a minute (tests/test_mnmef_gpu_script.py).
 # --wheels DIR: install the Python packages the GPU machine lacks, offline, from wheel files in DIR first.
 #   Needed there: array-api-compat (every other import -- numpy, torch, tqdm -- is in its image).

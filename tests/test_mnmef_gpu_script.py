@@ -74,3 +74,17 @@ def test_script_usage_and_empty_wheel_folder(tmp_path):
 def test_unpack_without_files(tmp_path, capsys):
     assert gpu.main(["unpack", str(tmp_path)]) == 2
     assert "no daviz_gpu_bundle.tgz.partNN files" in capsys.readouterr().err
+
+
+def test_pairs_choose_the_models(tmp_path, capsys):
+    assert gpu.parse_pairs("l96:1.0, ks:1.0") == (("l96", 1.0), ("ks", 1.0))
+    assert gpu.parse_pairs(None) == gpu.PAIRS
+    assert gpu.main(["run", "--out", str(tmp_path / "o"), "--toy", "--pairs", "l96:0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--pairs: 'l96:0.5' is not one of l96:1.0," in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    out = tmp_path / "one"
+    res = run_script(out, "--toy", "--work", tmp_path / "work", "--pairs", "l63:0.7")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(w["system"], w["sigma_y"]) for w in summary["workers"]] == [("l63", 0.7)] and not summary["workers"][0]["errors"]

@@ -29,7 +29,7 @@ def heads_only(src: Path) -> bytes:
 
 
 
-def pack(out: Path, work: Path, state_dir: Path, summary: dict) -> list[Path]:
+def pack(out: Path, work: Path, state_dir: Path, summary: dict, pairs=PAIRS) -> list[Path]:
     stage = work / "bundle"
     shutil.rmtree(stage, ignore_errors=True)
     for sub in ("pretrained", "train_state", "logs"):
@@ -42,7 +42,7 @@ def pack(out: Path, work: Path, state_dir: Path, summary: dict) -> list[Path]:
             shutil.copy2(f, stage / "pretrained" / f.name)
         if side.is_file():
             shutil.copy2(side, stage / "pretrained" / side.name)
-    for system, sigma in PAIRS:
+    for system, sigma in pairs:
         for f in (state_dir / f"{stem(system, sigma)}.pt", state_dir / f"{stem(system, sigma)}.json"):
             if f.is_file():
                 shutil.copy2(f, stage / "train_state" / f.name)
