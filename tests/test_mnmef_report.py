@@ -36,3 +36,28 @@ def test_report(tmp_path):
     first = md
     report.main(["--results", str(res), "--out", str(tmp_path / "r")])
     assert (tmp_path / "r" / "tables.md").read_text() == first
+
+
+def test_warm_curve_next_to_first_recipe(tmp_path):
+    """The warm-started curve is put on the first recipe's x axis (trajectory-cycles = steps x batch x cycles),
+    with step 0 taken from the 'enkf' start measured the same way, and fine-tune curves left out."""
+    res = tmp_path / "results"
+    res.mkdir()
+    point = {"N": 10, "trajectories": 64, "cycles": 1500, "purpose": "tune", "rrmse_std": 0.01}
+    (res / "mnmef_learning_curve_l96_s1.0.json").write_text(json.dumps({
+        "setup": {"batch_size": 64, "cycles": 60},
+        "points": [{"arm": "cosine", "steps": 100, "rrmse_mean": 0.48, **point},
+                   {"arm": "wsd", "steps": 100, "rrmse_mean": 0.47, **point},  # the better schedule is shown
+                   {"arm": "untrained", "steps": 0, "rrmse_mean": 1.0, **point}]}))
+    (res / "mnmef_warm_curve_l96_s1.0.json").write_text(json.dumps({"points": [
+        {"trajectory_cycles": 4_000_000, "rrmse_mean": 0.38, **point}]}))
+    (res / "mnmef_warm_curve_l96_s1.0_ft40.json").write_text(json.dumps({"points": [
+        {"trajectory_cycles": 1, "rrmse_mean": 0.3, **{**point, "N": 40}}]}))
+    (res / "mnmef_starts_l96_s1.0.json").write_text(json.dumps({"rows": [
+        {"start": "enkf", "rrmse_mean": 0.45, **{**point, "trajectories": 32}},  # another measure: not step 0
+        {"start": "enkf", "rrmse_mean": 0.46, **point}, {"start": "none", "rrmse_mean": 0.1, **point}]}))
+    md = report.warm_curves(res, tmp_path / "r")
+    assert "| run | 0.00 M | 0.38 M | 4.00 M |" in md
+    assert "| first recipe (best schedule) |  | 0.4700 ± 0.0100 |  |" in md
+    assert "| warm-started | 0.4600 ± 0.0100 |  | 0.3800 ± 0.0100 |" in md
+    assert "ft40" not in md and (tmp_path / "r" / "warm_curve_l96_s1.0.png").stat().st_size > 0

@@ -14,7 +14,8 @@ Writes, for every (system, sigma_y):
   report.json                    the same numbers, with the file and budget behind each;
   rrmse_{system}_s{sigma}.png    R-RMSE against N (the paper's Figs. 1, 4, 7, upper rows);
   improvement_{system}_s{sigma}.png  relative improvement of fine-tuned MNMEF over each baseline (lower rows);
-and, when present, the learning-curve table (results/mnmef_learning_curve_*.json).
+and, when present, the learning-curve tables (results/mnmef_learning_curve_*.json; the warm-started run's
+results/mnmef_warm_curve_*.json next to it, with warm_curve_{system}_s{sigma}.png).
 The output depends on the input files only (no dates), so regenerating without new results changes nothing.
 """
 from __future__ import annotations
@@ -142,6 +143,68 @@ def curve_table(results: Path) -> str:
     return "\n".join(out)
 
 
+def _first_recipe_curve(results: Path, system: str, sigma: float) -> list[tuple[int, dict]]:
+    """(trajectory-cycles, best row) of the first recipe's learning curve: the best schedule at each budget."""
+    f = results / f"mnmef_learning_curve_{system}_s{sigma}.json"
+    if not f.exists():
+        return []
+    doc = json.loads(f.read_text())
+    setup = doc.get("setup", {})
+    per_step = setup.get("batch_size", 64) * setup.get("cycles", 60)
+    best: dict[int, dict] = {}
+    for p in doc.get("points", []):
+        if p["arm"] != "untrained" and (p["steps"] not in best or p["rrmse_mean"] < best[p["steps"]]["rrmse_mean"]):
+            best[p["steps"]] = p
+    return sorted((s * per_step, p) for s, p in best.items())
+
+
+def _warm_step0(results: Path, system: str, sigma: float, like: dict) -> dict | None:
+    """The warm start at step 0 (= the tuned localized EnKF at N) scored like the curve's points, if measured."""
+    f = results / f"mnmef_starts_{system}_s{sigma}.json"
+    rows = json.loads(f.read_text())["rows"] if f.exists() else []
+    same = [r for r in rows if r["start"] == "enkf" and all(r.get(k) == like.get(k)
+                                                            for k in ("N", "trajectories", "cycles", "purpose"))]
+    return same[-1] if same else None
+
+
+def warm_curves(results: Path, out: Path | None) -> str:
+    """The warm-started run's learning curve (python -m daviz.mnmef.promote --curve) next to the first recipe's,
+    against trajectory-cycles (issue 20 point 7); with `out`, also warm_curve_{system}_s{sigma}.png."""
+    md = []
+    for f in sorted(results.glob("mnmef_warm_curve_*.json")):
+        system, _, sigma = f.stem.removeprefix("mnmef_warm_curve_").partition("_s")
+        if "_ft" in sigma:
+            continue  # per-N fine-tunes start elsewhere; their curves are in the sidecars
+        sigma = float(sigma)
+        warm = [(p["trajectory_cycles"], p) for p in json.loads(f.read_text())["points"]]
+        if not warm:
+            continue
+        step0 = _warm_step0(results, system, sigma, warm[0][1])
+        if step0:
+            warm = [(0, step0)] + warm
+        first = _first_recipe_curve(results, system, sigma)
+        ev = warm[-1][1]
+        md.append(f"### Warm-started learning curve, {system.upper()} sigma_y = {sigma} ({f.name})\n")
+        md.append(f"Tune-set R-RMSE at N={ev['N']} ({ev['trajectories']} x {ev['cycles']}) against the trajectory-"
+                  "cycles trained on (M = million); step 0 of the warm start is the tuned localized EnKF.\n")
+        cols = sorted({tc for tc, _ in first + warm})
+        md.append("| run | " + " | ".join(f"{tc / 1e6:.2f} M" for tc in cols) + " |")
+        md.append("|---|" + "---:|" * len(cols))
+        for name, pts in (("first recipe (best schedule)", first), ("warm-started", warm)):
+            got = dict(pts)
+            md.append(f"| {name} | " + " | ".join(_fmt(got[tc]) if tc in got else "" for tc in cols) + " |")
+        md.append("")
+        if out is not None:
+            series = {"first recipe": {"points": [(max(tc, 1e5), p["rrmse_mean"]) for tc, p in first],
+                                       "color": (110, 110, 110)},
+                      "warm-started": {"points": [(max(tc, 1e5), p["rrmse_mean"]) for tc, p in warm],
+                                       "color": (200, 30, 30), "bold": True}}
+            _plot(out / f"warm_curve_{system}_s{sigma}.png", f"{system.upper()}, sigma_y = {sigma}: "
+                  "tune-set R-RMSE vs trajectory-cycles (step 0 drawn at 1e5)", "trajectory-cycles", "R-RMSE",
+                  series)
+    return "\n".join(md)
+
+
 # -- figures (Pillow only: no plotting library is a dependency) -----------------------------------------------
 def _plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict, log_x=True, zero_line=False) -> None:
     from PIL import Image, ImageDraw
@@ -231,7 +294,7 @@ def main(argv=None) -> int:
     rows, notes = load_rows(results)
     md, data = tables(rows)
     md = ("# Results regenerated from " + str(results) + "/ by `python -m daviz.mnmef.report`\n\n" + md + "\n"
-          + curve_table(results) + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""))
+          + curve_table(results) + warm_curves(results, None if a.no_figures else out) + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""))
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(md)
     (out / "report.json").write_text(json.dumps({"notes": notes, **data}, indent=1, sort_keys=True) + "\n")
