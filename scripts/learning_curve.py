@@ -5,7 +5,7 @@ LR schedules, everything else equal.
     python scripts/learning_curve.py [--budgets 100,300,1000] [--arms steps,cosine,wsd] [--out results/...json]
 
 Setup (all arms): L96, sigma_y=1, N=10; 2048 windows x 60 cycles, batch 64 (32 steps per epoch); AdamW
-LR 1e-3, weight decay 1e-2, g = 2·softmax (library defaults); seed 42; one CPU thread.
+LR 1e-3, weight decay 1e-2, g = 2·softmax (the library defaults then); seed 42; one CPU thread.
 Arms:
   steps   the current recipe: LR halved at 20/30/40 % of the run, no warm-up; one run per budget S;
   cosine  20 warm-up steps, cosine decay to 0 over S; one run per budget S;
@@ -33,7 +33,7 @@ from daviz.mnmef.quickeval import evaluate_file, evaluate_model  # noqa: E402
 from daviz.mnmef.train import TrainConfig, branch_path, init_model, train  # noqa: E402
 
 BASE = dict(system="l96", sigma_y=1.0, N=10, trajectories=2048, cycles=60, batch_size=64, lr=1e-3,
-            weight_decay=1e-2, seed=42)
+            weight_decay=1e-2, seed=42, model={"loc_activation": "softmax"})
 ARMS = {
     "steps": dict(schedule="steps", lr_milestones=(0.2, 0.3, 0.4)),
     "cosine": dict(schedule="cosine", warmup_steps=20),

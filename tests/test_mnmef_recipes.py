@@ -106,7 +106,7 @@ def test_old_flags_keep_their_meaning():
     assert config(argv) == expected
     # no flags: the library defaults, the model config written out in full as before
     plain = config(["train", "--system", "l96", "--sigma-y", "1.0", "--out", "o.pt"])
-    assert plain == TrainConfig(system="l96", sigma_y=1.0, model={"feature_dim": 64, "loc_activation": "softmax",
+    assert plain == TrainConfig(system="l96", sigma_y=1.0, model={"feature_dim": 64, "loc_activation": "sigmoid",
                                                                   "inflation_at": "forecast", "cov_divisor": "N-1"})
 
 
@@ -265,9 +265,11 @@ def test_train_cpu_wsd_recipe_as_before(script_argv, sys_, sy, until):
     old = ["train", "--system", sys_, "--sigma-y", sy, "--N", "10", "--trajectories", "2048", "--batch-size", "64",
            "--epochs", "94", "--max-steps", "3000", "--schedule", "wsd", "--warmup-steps", "20", "--until-step",
            str(until), "--threads", "1", "--checkpoint-minutes", "3", "--no-progress", "--note", note,
-           "--out", f"runs/{sys_}_s{sy}_N10_wsd.pt", "--resume"]
+           "--out", f"runs/{sys_}_s{sy}_N10_wsd.pt", "--resume",
+           "--loc-activation", "softmax"]  # the library default when these weights were trained
     cfg = same_run(old, new)
     assert (cfg.schedule, cfg.max_steps, cfg.batch_size, cfg.warmup_steps) == ("wsd", 3000, 64, 20)
+    assert cfg.model["loc_activation"] == "softmax"
 
 
 @pytest.mark.parametrize("sys_,sy,epochs,batch", [("l96", "0.7", 8, 64), ("l63", "1.0", 2, 32)])

@@ -60,8 +60,8 @@ CONFIG_SETTINGS = _config_settings()
 # (width, heads, ...) that are not flags, and its choices are checked in code, not declared on the fields.
 MODEL_SETTINGS = {s.name: s for s in (
     Setting("feature_dim", "--feature-dim", int, "f_v width: 64 (paper Table C.7) or 128 (authors' code)"),
-    Setting("loc_activation", "--loc-activation", str, "g_θ = 2·softmax (paper, default) or 2·sigmoid (authors' code; "
-            "the shipped weights)", choices=("sigmoid", "softmax")),
+    Setting("loc_activation", "--loc-activation", str, "g_θ = 2·sigmoid (authors' code, default: it can start as the tuned "
+            "EnKF at every N) or 2·softmax (paper)", choices=("sigmoid", "softmax")),
     Setting("inflation_at", "--inflation-at", str, "forecast (default) or analysis", choices=("forecast", "analysis")),
     Setting("cov_divisor", "--cov-divisor", str, "N-1 (default) or N", choices=("N-1", "N")),
 )}

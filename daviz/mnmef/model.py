@@ -10,7 +10,9 @@ with L1[i, j] = g(dist(i, obs_j)), L2 = g(dist(obs_i, obs_j)), g = F_loc(f_v) on
 
 Paper-vs-code switches (ModelConfig), defaults in brackets:
   feature_dim  [64]       paper Table C.7: 64; authors' code: 128 (128 reproduces Table 5's 341,551 exactly).
-  loc_activation ["softmax"] paper Remark 14: 2·softmax; code: 2·sigmoid (independent weights in [0, 2]).
+  loc_activation ["sigmoid"] paper Remark 14: 2·softmax; code: 2·sigmoid (independent weights in [0, 2]). Sigmoid
+                             can equal the tuned Gaspari–Cohn weights at every N (softmax forces Σg = 2), so
+                             it won the warm-started A/B at N = 40 (results/ab_loc_activation.json).
   inflation_at ["forecast"] code: base = v + F_infl(v, f_v) on the forecast; paper Alg. 1: base = v,
                              then v_a += F_infl(v_a, f_v) after the analysis.
   cov_divisor  ["N-1"]    code (Γ·(N−1) ≡ dividing by N−1, as the EnKF does); paper eq. (4.27): 1/N.
@@ -39,7 +41,7 @@ class ModelConfig:
     heads: int = 8
     seeds: int = 16
     head_width: int = 64     # MLP heads: Linear(in, 64)+ReLU, 2 × [Linear(64, 64)+ReLU], Linear(64, out)
-    loc_activation: str = "softmax"  # measured better in scripts/ab_switches.sh (see README)
+    loc_activation: str = "sigmoid"  # scripts/ab_loc_activation.py (README, "A/B of the paper-vs-code switches")
     inflation_at: str = "forecast"
     cov_divisor: str = "N-1"
 

@@ -10,9 +10,9 @@ from ..runs import RUNS
 from .style import fit_end, plain_figure
 
 WHY_ABOVE_ONE = (
-    "<small>Gaspari–Cohn tapers the <i>covariance</i> and stays ≤ 1. MNMEF's g_θ = 2·softmax over the "
-    "distances multiplies its learned gain correction instead, so its scale is free and it may exceed 1 "
-    "near the observation; compare the <i>shape</i>: how fast the weight falls with distance.</small>")
+    "<small>Gaspari–Cohn tapers the <i>covariance</i> and stays ≤ 1. MNMEF's g_θ (in [0, 2]) multiplies "
+    "its learned gain as a whole, so it may exceed 1 near the observation. Warm-started weights begin as "
+    "Gaspari–Cohn at the tuned radius: where the curves part is what training learned.</small>")
 
 
 class LocalizationView:
