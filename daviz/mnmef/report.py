@@ -136,9 +136,9 @@ def curve_table(results: Path) -> str:
         for arm in arms:
             got = {p["steps"]: p for p in pts if p["arm"] == arm}
             out.append(f"| {arm} | " + " | ".join(_fmt(got[s]) if s in got else "" for s in steps) + " |")
-        for p in pts:
-            if p["arm"] in ("untrained", "shipped"):
-                out.append(f"\n{p['arm']} ({p['steps']} steps): {_fmt(p)}")
+        refs = {(p["arm"], p["steps"]): p for p in pts if p["arm"] in ("untrained", "shipped")}  # a re-measured point once
+        for (arm, steps), p in refs.items():
+            out.append(f"\n{arm} ({steps} steps): {_fmt(p)}")
         out.append("")
     return "\n".join(out)
 
