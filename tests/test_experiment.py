@@ -145,8 +145,10 @@ def test_lost_track_needs_a_full_window_above_climatology():
 def test_letkf_without_localization_loses_track_and_tuned_letkf_does_not():
     """The issue's case: LETKF without localization at N=5 on L96 stays finite but worse than climatology."""
     tuned5, tuned20 = tuned_params("l96", "letkf", 5, 1.0), tuned_params("l96", "letkf", 20, 1.0)
+    # Which of these trajectories blow up to NaN is chaotic: it changed with the machine's BLAS (2 of 8 alive
+    # on one machine, enough on another), so 16 trajectories leave a margin (12 alive here; 5-12 over seeds 0-2).
     bad = TwinExperiment("l96", 1.0, 5, {"letkf": make_filter("letkf", "l96", 1.0, tuned5["inflation"], None)},
-                         trajectories=8, seed=0)
+                         trajectories=16, seed=0)
     rr = bad.run(300)["letkf"]
     alive = ~bad.diverged["letkf"]
     assert alive.sum() >= 4  # enough finite trajectories for the test to mean something
