@@ -6,6 +6,7 @@
 # each; then each decayed branch is scored on the tune set (64 x 1500, held out from training and from README's
 # test set). Results: results/ab_grad_window_N${N}.json (one row per arm).
 # Usage: scripts/ab_grad_window.sh [STEPS=1200] [N=40] [WINDOWS="1 4"]
+# ONE_AT_A_TIME=1 runs the arms one after another (one core, while the other trains).
 set -euo pipefail
 steps=${1:-1200} N=${2:-40} windows=${3:-"1 4"}
 mkdir -p runs/ab_grad_window
@@ -14,6 +15,7 @@ for gw in $windows; do
     --grad-window "$gw" --until-step "$steps" --threads 1 --no-progress --resume \
     --note "A/B gradient window $gw (scripts/ab_grad_window.sh)" --out "runs/ab_grad_window/N${N}_gw${gw}.pt" \
     > "runs/ab_grad_window/N${N}_gw${gw}.log" 2>&1 &
+  if [ "${ONE_AT_A_TIME:-0}" = 1 ]; then wait; fi
 done
 wait
 python - "$N" "$steps" $windows <<'PY'

@@ -3,7 +3,8 @@
 # daviz/mnmef/recipes/ (`daviz train --recipe NAME`; flags override them); the script adds what its arguments choose.
 #
 #   scripts/train_cpu.sh warm SYSTEM SIGMA SECONDS        the warm-started pretraining at N = 10 (recipe cpu-warm)
-#   scripts/train_cpu.sh finetune SYSTEM SIGMA N SECONDS  the per-N fine-tune of the shipped N = 10 weights (cpu-finetune)
+#   scripts/train_cpu.sh finetune SYSTEM SIGMA N SECONDS  the per-N fine-tune of the shipped N = 10 weights (cpu-finetune);
+#                                                         FROM=weights.pt fine-tunes other N = 10 weights instead
 #   scripts/train_cpu.sh pretrain SYSTEM SIGMA EPOCHS BATCH   the first shipped weights' recipe (cpu-pretrain)
 #   scripts/train_cpu.sh wsd SYSTEM SIGMA UNTIL_STEP           the short-budget recipe of the learning curve (cpu-wsd)
 #
@@ -48,11 +49,12 @@ elif [ "$mode" = pretrain ]; then
   python -m daviz.mnmef.commands export --from "runs/${sys}_s${sy}_N10.pt" --out "pretrained/${sys}_sigma${sy}_N10.pt"
 else
   N=$4 seconds=$5
+  from=${FROM:-pretrained/${sys}_sigma${sy}_N10.pt}
   trunk="pretrained/train_state/${sys}_s${sy}_ft${N}.pt"
   rm -f "${trunk%.pt}_decayed.pt" "${trunk%.pt}_decayed.json"  # a stale branch must not be promoted
   start=enkf  # a new fine-tune starts from the best of three starts on the tune set (a resumed one from its trunk)
-  [ -f "$trunk" ] || start=$(python scripts/compare_starts.py --system "$sys" --sigma-y "$sy" --N "$N" --best)
-  daviz finetune --recipe cpu-finetune --from "pretrained/${sys}_sigma${sy}_N10.pt" --N "$N" --warm-start "$start" \
+  [ -f "$trunk" ] || start=$(python scripts/compare_starts.py --system "$sys" --sigma-y "$sy" --N "$N" --weights "$from" --best)
+  daviz finetune --recipe cpu-finetune --from "$from" --N "$N" --warm-start "$start" \
     --budget-seconds "$seconds" --threads 1 --checkpoint-minutes 5 --no-progress --out "$trunk" --resume \
     --note "CPU fine-tune for N=$N (scripts/train_cpu.sh finetune; recipe cpu-finetune), spread over sessions"
   cand="${trunk%.pt}_decayed.pt"

@@ -63,9 +63,17 @@ def image_rows(page) -> list[int]:
       return targets.map(src => src.data.image[0].shape[0]); }""")
 
 
-def truth_image(page) -> str:
-    """The truth Hovmöller's pixels (PNG bytes of its canvas, as drawn)."""
-    return page.locator("canvas").nth(TRUTH_CANVAS).screenshot()
+def truth_image(page) -> bytes:
+    """The truth Hovmöller's pixels (PNG bytes of its canvas, as drawn). The layout is rebuilt once when
+    MNMEF's weights finish loading in the background (it joins by a restart), which can replace the canvas
+    between finding it and taking its picture: then the new one is found and taken."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return page.locator("canvas").nth(TRUTH_CANVAS).screenshot(timeout=10_000)
+        except sync_api.Error as exc:
+            if "not attached" not in str(exc) or time.monotonic() > deadline:
+                raise
 
 
 TRUTH_CANVAS = 4  # Bokeh draws each plot on two canvases; the two colour-bar strips come first
