@@ -161,6 +161,14 @@ def test_finetune_does_not_resume_onto_replaced_pretrained_weights(tmp_path):
         train(finetune_config(tmp_path / "pre.pt", **cfg), tmp_path / "ft.pt", progress=False, resume=True)
 
 
+def test_resume_refuses_another_gradient_window(tmp_path):
+    """The gradient window is part of what a trunk was trained on: resuming with another one is refused."""
+    train(TrainConfig(epochs=2, grad_window=2, **TINY), tmp_path / "a.pt", progress=False, stop_after_batches=1)
+    with pytest.raises(ckpt.CheckpointError, match="gradient window 2.*--grad-window 2"):
+        train(TrainConfig(epochs=2, **TINY), tmp_path / "a.pt", progress=False, resume=True)
+    train(TrainConfig(epochs=2, grad_window=2, **TINY), tmp_path / "a.pt", progress=False, resume=True)
+
+
 # -- schedules ---------------------------------------------------------------------------------------------
 def test_lr_schedules():
     c = TrainConfig(epochs=10, **{**TINY, "lr_milestones": (0.2, 0.3, 0.4)}, lr=1.0)  # 2 steps per epoch

@@ -140,7 +140,13 @@ class _Trainer:
         self.last_good = None  # (epoch, batch) of the last checkpoint written
         if resume and out.is_file():
             state = ckpt.load(out, system=cfg.system, map_location=self.dev)
-            started_from = ckpt.read_meta(out).get("pretrained_sha256")
+            meta = ckpt.read_meta(out)
+            started_from = meta.get("pretrained_sha256")
+            trained_window = (meta.get("recipe") or {}).get("grad_window", cfg.grad_window)
+            if trained_window != cfg.grad_window:  # resuming would silently change what the loss sees
+                raise ckpt.CheckpointError(f"cannot resume {out}: it was trained with gradient window "
+                                           f"{trained_window}, this run asks for {cfg.grad_window} "
+                                           f"(pass --grad-window {trained_window})")
             if cfg.finetune_from and started_from not in (None, self.extra["pretrained_sha256"]):
                 raise ckpt.CheckpointError(f"cannot resume the fine-tune {out}: it started from other weights than "
                                            f"{cfg.finetune_from} holds now; delete it to fine-tune the new weights")
