@@ -20,6 +20,7 @@ done
 wait
 python - "$N" "$steps" $windows <<'PY'
 import json, sys
+from daviz.artifacts import atomic_write
 from daviz.mnmef import checkpoint as ckpt
 from daviz.mnmef.quickeval import evaluate_file
 N, steps, windows = int(sys.argv[1]), int(sys.argv[2]), [int(w) for w in sys.argv[3:]]
@@ -37,6 +38,6 @@ out = f"results/ab_grad_window_N{N}.json"
 doc = {"description": "Gradient-window A/B of the L96 sigma_y=1 fine-tune (scripts/ab_grad_window.sh): "
        "each arm's decayed branch on the tune set (64 x 1500)",
        "command": f"scripts/ab_grad_window.sh {steps} {N} \"{' '.join(map(str, windows))}\"", "rows": rows}
-open(out, "w").write(json.dumps(doc, indent=1) + "\n")
+atomic_write(out, lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))  # a cut-off never truncates it
 print("wrote", out)
 PY
