@@ -28,9 +28,10 @@ rows = []
 for gw in windows:
     path = f"runs/ab_grad_window/N{N}_gw{gw}_decayed.pt"
     meta = ckpt.read_meta(path)
+    tune = evaluate_file(path, N, trajectories=64, cycles=1500, seed=0, purpose="tune")
+    ckpt.record_evaluation(path, {"tune": tune})  # promoting the winner reuses this score
     row = {"grad_window": gw, "steps": meta["progress"]["step"], "training_seconds": meta["training_seconds"],
-           "final_losses": meta["loss_history"][-20:],
-           **evaluate_file(path, N, trajectories=64, cycles=1500, seed=0, purpose="tune")}
+           "final_losses": meta["loss_history"][-20:], **tune}
     rows.append(row)
     print(f"grad window {gw}: {row['steps']} steps, {row['training_seconds']:.0f} s, tune R-RMSE "
           f"{row['rrmse_mean']:.4f} ± {row['rrmse_std']:.4f} (diverged {row['diverged']})", flush=True)

@@ -80,3 +80,19 @@ def test_first_finetune_must_beat_the_n10_weights_at_its_n(tmp_path):
     good = promote(weights_file(tmp_path / "good.pt", warm=True, seed=2), tmp_path / "l96_sigma1.0_N10_ft40.pt",
                    **dict(EVAL, N=40))
     assert good["shipped"]["N"] == 40 and (tmp_path / "l96_sigma1.0_N10_ft40.pt").exists() == good["promoted"]
+
+
+def test_candidate_score_recorded_the_same_way_is_reused(tmp_path):
+    """An A/B that already scored its arms (scripts/ab_grad_window.sh records the score) is not scored twice;
+    a score measured another way (another N) is measured again."""
+    torch.set_num_threads(1)
+    shipped = weights_file(tmp_path / "shipped.pt", warm=True, seed=0)
+    cand = weights_file(tmp_path / "cand.pt", warm=False, seed=1)
+    recorded = {"N": 10, "trajectories": 2, "cycles": 30, "seed": 0, "purpose": "tune",
+                "rrmse_mean": 1e-6, "rrmse_std": 0.0, "diverged": 0}
+    ckpt.record_evaluation(cand, {"tune": recorded})
+    out = promote(cand, shipped, **EVAL)
+    assert out["candidate"] == recorded and out["promoted"]
+    other = weights_file(tmp_path / "other.pt", warm=False, seed=2)
+    ckpt.record_evaluation(other, {"tune": dict(recorded, N=20)})
+    assert promote(other, shipped, **EVAL)["candidate"]["rrmse_mean"] > 1e-3

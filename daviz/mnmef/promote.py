@@ -4,8 +4,8 @@
         --shipped pretrained/l96_sigma1.0_N10.pt [--N 10] [--trajectories 64] [--cycles 1500]
 
 Both files are scored on the same "tune" trajectories (held out from training and from README's test set;
-daviz.mnmef.quickeval). The shipped file's score is kept in its sidecar (evaluation.tune) and reused while it
-was measured the same way. The candidate replaces the shipped file (weights only, no optimizer state) when
+daviz.mnmef.quickeval). Each file's score is kept in its sidecar (evaluation.tune) and reused while it was
+measured the same way (so an A/B that scored its arms does not score the winner twice). The candidate replaces the shipped file (weights only, no optimizer state) when
 its mean R-RMSE is lower and no more of its trajectories diverged; its sidecar then records both scores.
 A first fine-tune for an N (no `..._ftN.pt` yet) must beat the N = 10 weights scored at that N.
 When new N = 10 weights replace old ones, the fine-tunes shipped beside them (`..._ftN.pt`) were made from the
@@ -45,7 +45,7 @@ def promote(candidate, shipped, N: int | None = None, trajectories: int = 64, cy
     from ..systems import get_system
     N = int(N or data["N"])
     cycles = int(cycles or get_system(data["system"]).test_cycles)
-    cand = evaluate_file(candidate, N, trajectories=trajectories, cycles=cycles, seed=seed, purpose="tune")
+    cand = _tune_score(candidate, N, trajectories, cycles, seed)
     base = None
     if Path(shipped).is_file():
         ckpt.load(shipped, system=data["system"], sigma_y=data["sigma_y"])  # refuse another system's file
