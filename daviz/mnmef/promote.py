@@ -5,8 +5,9 @@
 
 Both files are scored on the same "tune" trajectories (held out from training and from README's test set;
 daviz.mnmef.quickeval). Each file's score is kept in its sidecar (evaluation.tune) and reused while it was
-measured the same way (so an A/B that scored its arms does not score the winner twice). The candidate replaces the shipped file (weights only, no optimizer state) when
-its mean R-RMSE is lower and no more of its trajectories diverged; its sidecar then records both scores.
+measured the same way (so an A/B that scored its arms does not score the winner twice). The candidate
+replaces the shipped file (weights only, no optimizer state) when its mean R-RMSE is lower and no more of its
+trajectories diverged; its sidecar then records both scores.
 A first fine-tune for an N (no `..._ftN.pt` yet) must beat the N = 10 weights scored at that N.
 When new N = 10 weights replace old ones, the fine-tunes shipped beside them (`..._ftN.pt`) were made from the
 old set transformer and would no longer fit: they are removed (git keeps them), so every N uses the new
