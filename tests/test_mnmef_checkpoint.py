@@ -73,17 +73,22 @@ def test_shipped_weights_load():
         json.loads(open(e["file"][:-3] + ".json").read())
 
 
-def test_evaluate_skips_mnmef_without_weights_and_runs_the_rest(tmp_path, monkeypatch, capsys):
-    """No shipped weights for a request: `daviz evaluate` says so and still evaluates the other filters."""
+def _evaluate_l63_runs_only_enkf(tmp_path):
+    """`daviz evaluate` of MNMEF and EnKF on a tiny L63 run succeeds, with rows for EnKF alone."""
     from daviz import cli
 
-    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)  # an empty weights folder
-    monkeypatch.setattr(pretrained.choose, "__defaults__", ("auto", tmp_path))
     out = tmp_path / "rows.json"
     code = cli.main(["evaluate", "--system", "l63", "--filters", "mnmef,enkf", "--N", "5", "--trajectories", "2",
                      "--cycles", "5", "--json", str(out), "--quiet"])
     assert code == 0
     assert [r["filter"] for r in json.loads(out.read_text())] == ["enkf"]
+
+
+def test_evaluate_skips_mnmef_without_weights_and_runs_the_rest(tmp_path, monkeypatch, capsys):
+    """No shipped weights for a request: `daviz evaluate` says so and still evaluates the other filters."""
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)  # an empty weights folder
+    monkeypatch.setattr(pretrained.choose, "__defaults__", ("auto", tmp_path))
+    _evaluate_l63_runs_only_enkf(tmp_path)
     err = capsys.readouterr().err
     assert "skipping mnmef at N=5" in err and "no MNMEF weights for Lorenz '63 at sigma_y=1.0" in err
     assert str(tmp_path) not in err  # the file's name at most, never a long absolute path
@@ -218,17 +223,11 @@ def test_preload_loads_each_file_once_and_reports_failures(tmp_path):
 @pytest.mark.parametrize("case", ["system foo", "sidecar list", "sidecar string", "sidecar truncated",
                                   "weights empty"])
 def test_evaluate_skips_broken_mnmef_weights_and_runs_the_rest(tmp_path, monkeypatch, capsys, case):
-    from daviz import cli
-
     make, expected = BROKEN[case]
     path = tmp_path / "l63_sigma1.0_N10.pt"
     make(path, "l63")
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
-    out = tmp_path / "rows.json"
-    code = cli.main(["evaluate", "--system", "l63", "--filters", "mnmef,enkf", "--N", "5", "--trajectories", "2",
-                     "--cycles", "5", "--json", str(out), "--quiet"])
-    assert code == 0
-    assert [r["filter"] for r in json.loads(out.read_text())] == ["enkf"]
+    _evaluate_l63_runs_only_enkf(tmp_path)
     err = capsys.readouterr().err
     assert "skipping mnmef at N=5, sigma_y=1.0: " in err and expected.format(stem=path.stem) in err
 
