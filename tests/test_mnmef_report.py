@@ -38,6 +38,20 @@ def test_report(tmp_path):
     assert (tmp_path / "r" / "tables.md").read_text() == first
 
 
+def test_equal_budgets_pick_by_name_not_by_modification_time(tmp_path):
+    """A clone's modification times are its checkout's, so a tie is broken by the file name alone: the report
+    comes out the same on every clone."""
+    import os
+
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "eval_a.json").write_text(json.dumps([row("letkf", 20, 0.30)]))
+    (res / "eval_b.json").write_text(json.dumps([row("letkf", 20, 0.25)]))
+    os.utime(res / "eval_b.json", (1_000_000, 1_000_000))  # the later name is the older file here
+    rows, _ = report.load_rows(res)
+    assert rows[("l96", 1.0, "letkf", 20)]["rrmse_mean"] == 0.25
+
+
 def test_warm_curve_next_to_first_recipe(tmp_path):
     """The warm-started curve is put on the first recipe's x axis (trajectory-cycles = steps x batch x cycles),
     with step 0 taken from the 'enkf' start measured the same way, and fine-tune curves left out."""

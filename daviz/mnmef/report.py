@@ -7,7 +7,8 @@ trajectories, cycles, rrmse_mean, rrmse_std, diverged), except those named in re
 ({file: reason}, e.g. runs on a system definition since corrected; or {file: {"reason": ..., "rows":
 [[filter, N], ...]}} to drop only those rows, e.g. a baseline setting a re-tune has since withdrawn).
 Where several rows give the same (system, sigma_y, filter, N), the one with the most trajectory-cycles
-wins (ties: the newer file).
+wins (ties: the file whose name sorts last; not the newest, since a clone's modification times are its
+checkout's); a row a later run replaces belongs in results/superseded.json.
 Writes, for every (system, sigma_y):
   tables.md                      R-RMSE mean ± std (eqs. 5.3, 5.8) by N and filter, the best per N in bold,
                                  and the relative improvement (5.4) of MNMEF over each tuned baseline;
@@ -41,7 +42,7 @@ def load_rows(results: Path) -> tuple[dict, list[str]]:
     superseded_file = results / "superseded.json"
     superseded = json.loads(superseded_file.read_text()) if superseded_file.is_file() else {}
     best, notes = {}, []
-    for f in sorted(results.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name)):
+    for f in sorted(results.glob("*.json"), key=lambda p: p.name):
         entry = superseded.get(f.name)
         dropped = set()
         if isinstance(entry, dict):
