@@ -5,7 +5,8 @@
 #   scripts/train_cpu.sh warm SYSTEM SIGMA SECONDS        the warm-started pretraining at N = 10 (recipe cpu-warm)
 #   scripts/train_cpu.sh finetune SYSTEM SIGMA N SECONDS  the per-N fine-tune of the shipped N = 10 weights (cpu-finetune);
 #                                                         FROM=weights.pt fine-tunes other N = 10 weights instead;
-#                                                         GRAD_WINDOW=G backpropagates through G cycles (default 1)
+#                                                         GRAD_WINDOW=G backpropagates through G cycles (default 1);
+#                                                         SEED=S trains another seed in its own trunk (_seedS)
 #   scripts/train_cpu.sh pretrain SYSTEM SIGMA EPOCHS BATCH   the first shipped weights' recipe (cpu-pretrain)
 #   scripts/train_cpu.sh wsd SYSTEM SIGMA UNTIL_STEP           the short-budget recipe of the learning curve (cpu-wsd)
 #
@@ -51,12 +52,12 @@ elif [ "$mode" = pretrain ]; then
 else
   N=$4 seconds=$5
   from=${FROM:-pretrained/${sys}_sigma${sy}_N10.pt}
-  trunk="pretrained/train_state/${sys}_s${sy}_ft${N}.pt"
+  trunk="pretrained/train_state/${sys}_s${sy}_ft${N}${SEED:+_seed$SEED}.pt"
   rm -f "${trunk%.pt}_decayed.pt" "${trunk%.pt}_decayed.json"  # a stale branch must not be promoted
   start=enkf  # a new fine-tune starts from the best of three starts on the tune set (a resumed one from its trunk)
   [ -f "$trunk" ] || start=$(python scripts/compare_starts.py --system "$sys" --sigma-y "$sy" --N "$N" --weights "$from" --best)
   daviz finetune --recipe cpu-finetune --from "$from" --N "$N" --warm-start "$start" \
-    --grad-window "${GRAD_WINDOW:-1}" --budget-seconds "$seconds" --threads 1 --checkpoint-minutes 5 --no-progress --out "$trunk" --resume \
+    --grad-window "${GRAD_WINDOW:-1}" ${SEED:+--seed "$SEED"} --budget-seconds "$seconds" --threads 1 --checkpoint-minutes 5 --no-progress --out "$trunk" --resume \
     --note "CPU fine-tune for N=$N (scripts/train_cpu.sh finetune; recipe cpu-finetune), spread over sessions"
   cand="${trunk%.pt}_decayed.pt"
   [ -f "$cand" ] || cand=$trunk
