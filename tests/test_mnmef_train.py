@@ -66,9 +66,11 @@ def test_resume_equals_uninterrupted(tmp_path, mode):
 def test_captured_step_path_equals_plain_loop(tmp_path):
     """The TrainStep (device-side batch gather, fused AdamW with device LR and found_inf, warm-up then
     restore) against a plain loop (index on the host, default AdamW, float LR) from the same start.
-    Gradients are computed by the same ops, so only AdamW's rounding differs: parameters agree to 1e-6 but for
-    at most 0.1 % of a tensor, and all to 1e-5 (with numpy 2.4.6's data one weight of 16384 differed by 2.1e-6;
-    likely a tiny gradient, where Adam's g/(√v + ε) magnifies rounding; not confirmed)."""
+    Gradients are computed by the same ops, so only AdamW's rounding differs, and parameters agree to 1e-6 except
+    where a gradient was within 100 ε of zero: there Adam's step g/(√v + ε) turns the tiny gradient differences
+    that the first step's rounding (≈ 1e-8 in the weights) leaves into update differences of order 1e-3 LR.
+    Measured with numpy 2.4.6's data: one weight differed by 2.1e-6, its gradients 4.6e-8 and 1.7e-8 (the latter
+    1.749e-8 vs 1.737e-8 in the two runs). All parameters agree to 1e-5."""
     cfg = TrainConfig(epochs=1, **TINY)
     truth, obs = train_mod.make_data(cfg)
     truth, obs = torch.as_tensor(truth, dtype=torch.float32), torch.as_tensor(obs, dtype=torch.float32)
@@ -83,6 +85,7 @@ def test_captured_step_path_equals_plain_loop(tmp_path):
     runner = RolloutLoss(ref, cfg.N)
     opt = torch.optim.AdamW(ref.parameters(), lr=lrs[0], weight_decay=0.01)
     steps = torch.arange(cfg.cycles + 1)
+    smallest_grad = {}  # per weight, the smallest |gradient| over the steps
     for b, lr in enumerate(lrs):
         sel = torch.as_tensor(windows[(b % 2) * 8:(b % 2 + 1) * 8])
         c, t = sel[:, :1], sel[:, 1:] + steps
@@ -90,6 +93,9 @@ def test_captured_step_path_equals_plain_loop(tmp_path):
             g["lr"] = lr
         opt.zero_grad()
         runner(truth[c, t], obs[c, t], 1000 + b, backward_scale=1 / (8 * (cfg.cycles + 1)))
+        for k, p in ref.named_parameters():
+            if p.grad is not None:
+                smallest_grad[k] = torch.minimum(smallest_grad.get(k, p.grad.abs()), p.grad.abs())
         opt.step()
 
     fast = fresh()
@@ -102,7 +108,8 @@ def test_captured_step_path_equals_plain_loop(tmp_path):
         assert stats[3] == 0 and torch.isfinite(stats).all()
     for (k, p), q in zip(ref.named_parameters(), fast.parameters()):
         torch.testing.assert_close(q, p, atol=1e-5, rtol=0, msg=k)
-        assert ((q - p).abs() > 1e-6).float().mean() <= 1e-3, k
+        near_eps = smallest_grad.get(k, torch.full_like(p, math.inf)) < 100 * opt.defaults["eps"]
+        torch.testing.assert_close(q[~near_eps], p[~near_eps], atol=1e-6, rtol=0, msg=k)
     assert any(not torch.equal(p, q) for p, q in zip(fresh().parameters(), fast.parameters()))
 
 
