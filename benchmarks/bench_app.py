@@ -36,6 +36,17 @@ PAPER_BASES = ("enkf", "esrf", "letkf", "ienkf", "mnmef")
 ALL = [label for label in RUN_LABELS if "(" not in label and RUNS[label].base in PAPER_BASES]
 
 
+def headless_session(state: ExplorerState) -> tuple[ExplorerPlots, Document, list]:
+    """The explorer's plots in a Bokeh document with no browser; `events` collects what a frame would send."""
+    plots = ExplorerPlots(state)
+    doc = Document()
+    doc.add_root(plots.main)
+    doc.add_root(plots.side)
+    events: list = []
+    doc.on_change(events.append)
+    return plots, doc, events
+
+
 def measure(state: ExplorerState, plots: ExplorerPlots, doc: Document, events: list, cycles: int,
             per_push: int, protocol: Protocol) -> dict:
     t_engine = t_update = t_patch = 0.0
@@ -81,12 +92,7 @@ def main(argv=None) -> int:
         time.sleep(0.2)  # the weights load in a background thread, as in the served app
         state.restart()
     running = [s.label for s in state.runs]
-    plots = ExplorerPlots(state)
-    doc = Document()
-    doc.add_root(plots.main)
-    doc.add_root(plots.side)
-    events: list = []
-    doc.on_change(events.append)
+    plots, doc, events = headless_session(state)
     protocol = Protocol()
     state.advance(args.warmup)
     plots.push_frame()  # the first frame fills the window; the rows measure the steady state

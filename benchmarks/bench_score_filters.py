@@ -53,10 +53,8 @@ def app_rate(system: str, N: int, cycles: int = 100) -> None:
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_app  # noqa: E402  (pins one core and one thread on import)
-    from bokeh.document import Document
     from bokeh.protocol import Protocol
 
-    from daviz.app.plots import ExplorerPlots
     from daviz.app.presets import PRESETS
     from daviz.app.state import ExplorerState
 
@@ -64,12 +62,7 @@ def app_rate(system: str, N: int, cycles: int = 100) -> None:
     state = ExplorerState(system=system, N=N, sigma_y=1.0, filters=filters)
     state.max_seconds_per_advance = 1e9
     state.restart()
-    plots = ExplorerPlots(state)
-    doc = Document()
-    doc.add_root(plots.main)
-    doc.add_root(plots.side)
-    events: list = []
-    doc.on_change(events.append)
+    plots, doc, events = bench_app.headless_session(state)
     state.advance(20)
     plots.push_frame()
     before = dict(state.experiment.seconds)
