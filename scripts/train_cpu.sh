@@ -6,7 +6,8 @@
 #   scripts/train_cpu.sh finetune SYSTEM SIGMA N SECONDS  the per-N fine-tune of the shipped N = 10 weights (cpu-finetune);
 #                                                         FROM=weights.pt fine-tunes other N = 10 weights instead;
 #                                                         GRAD_WINDOW=G backpropagates through G cycles (default 1);
-#                                                         SEED=S trains another seed in its own trunk (_seedS)
+#                                                         SEED=S draws another seed's data; TAG=T keeps such an
+#                                                         experiment's trunk apart (_T; promoted as any other)
 #   scripts/train_cpu.sh pretrain SYSTEM SIGMA EPOCHS BATCH   the first shipped weights' recipe (cpu-pretrain)
 #   scripts/train_cpu.sh wsd SYSTEM SIGMA UNTIL_STEP           the short-budget recipe of the learning curve (cpu-wsd)
 #
@@ -52,7 +53,7 @@ elif [ "$mode" = pretrain ]; then
 else
   N=$4 seconds=$5
   from=${FROM:-pretrained/${sys}_sigma${sy}_N10.pt}
-  trunk="pretrained/train_state/${sys}_s${sy}_ft${N}${SEED:+_seed$SEED}.pt"
+  trunk="pretrained/train_state/${sys}_s${sy}_ft${N}${TAG:+_$TAG}.pt"
   rm -f "${trunk%.pt}_decayed.pt" "${trunk%.pt}_decayed.json"  # a stale branch must not be promoted
   start=enkf  # a new fine-tune starts from the best of three starts on the tune set (a resumed one from its trunk)
   [ -f "$trunk" ] || start=$(python scripts/compare_starts.py --system "$sys" --sigma-y "$sy" --N "$N" --weights "$from" --best)
