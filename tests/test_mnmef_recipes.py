@@ -232,8 +232,8 @@ def script_argv(tmp_path, monkeypatch):
         (stubs / name).chmod(stat.S_IRWXU)
     monkeypatch.chdir(tmp_path)
 
-    def run(*args):
-        env = dict(os.environ, PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}")
+    def run(*args, **script_env):
+        env = dict(os.environ, PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}", **script_env)
         subprocess.run(["bash", str(ROOT / "scripts" / "train_cpu.sh"), *map(str, args)], check=True, env=env,
                        cwd=tmp_path)
         return record.read_text().split("\0")[:-1]
@@ -283,18 +283,23 @@ def test_train_cpu_pretrain_recipe_as_before(script_argv, sys_, sy, epochs, batc
     assert cfg.weight_decay == 0.0 and cfg.model["loc_activation"] == "sigmoid" and cfg.batch_size == batch
 
 
-@pytest.mark.parametrize("sys_,pre_lr,N,batch", [("l63", 1e-3, 20, 64), ("l63", 1e-3, 40, 32), ("ks", 5e-4, 100, 16)])
-def test_train_cpu_finetune_follows_the_one_rule(script_argv, tmp_path, sys_, pre_lr, N, batch):
-    """The script's fine-tune takes size, LR and batch from finetune_config's rule (the fixed LR 1e-4 and batch
-    32/16 of the old script were a second rule, wrong for KS): half the pretraining windows, a tenth of its LR,
-    20 epochs, its batch halved at N >= 40 and quartered at N >= 100; the N's EnKF prior swapped in."""
-    src = tmp_path / "pretrained" / f"{sys_}_sigma1.0_N10.pt"
+def shipped_n10_weights(root, sys_, pre_lr):
+    """A small pretrained/SYSTEM_sigma1.0_N10.pt under root, as the fine-tune script expects it."""
+    src = root / "pretrained" / f"{sys_}_sigma1.0_N10.pt"
     src.parent.mkdir()
     model = ModelConfig(feature_dim=16, loc_activation="sigmoid")
     pre = TrainConfig(system=sys_, sigma_y=1.0, N=10, trajectories=2048, batch_size=64, model=model.to_dict())
     torch.manual_seed(0)
     ckpt.save(src, train_mod.export_payload(MNMEF(get_system(sys_), 1.0, model), pre),
               {"recipe": {"trajectories": 2048, "batch_size": 64, "cycles": 60, "lr": pre_lr}})
+
+
+@pytest.mark.parametrize("sys_,pre_lr,N,batch", [("l63", 1e-3, 20, 64), ("l63", 1e-3, 40, 32), ("ks", 5e-4, 100, 16)])
+def test_train_cpu_finetune_follows_the_one_rule(script_argv, tmp_path, sys_, pre_lr, N, batch):
+    """The script's fine-tune takes size, LR and batch from finetune_config's rule (the fixed LR 1e-4 and batch
+    32/16 of the old script were a second rule, wrong for KS): half the pretraining windows, a tenth of its LR,
+    20 epochs, its batch halved at N >= 40 and quartered at N >= 100; the N's EnKF prior swapped in."""
+    shipped_n10_weights(tmp_path, sys_, pre_lr)
     new = script_argv("finetune", sys_, "1.0", N, 600)
     cfg = commands.build_config(parse(new))
     note = new[new.index("--note") + 1]
@@ -304,3 +309,15 @@ def test_train_cpu_finetune_follows_the_one_rule(script_argv, tmp_path, sys_, pr
     assert cfg.warm_start == "prior" and cfg.model["loc_activation"] == "sigmoid"  # the best start, as compared
     args = parse(new)
     assert (args.budget_seconds, args.out, args.resume) == (600, f"pretrained/train_state/{sys_}_s1.0_ft{N}.pt", True)
+
+
+def test_train_cpu_finetune_experiment_keeps_its_own_trunk(script_argv, tmp_path):
+    """TAG names the trunk of an experiment (another seed, another gradient window) so it never resumes, or
+    overwrites, the main trunk of that N; SEED and GRAD_WINDOW reach the command line."""
+    shipped_n10_weights(tmp_path, "l63", 1e-3)
+    args = parse(script_argv("finetune", "l63", "1.0", 20, 600, TAG="gw8", SEED="7", GRAD_WINDOW="8"))
+    assert args.out == "pretrained/train_state/l63_s1.0_ft20_gw8.pt"
+    cfg = commands.build_config(args)
+    assert (cfg.seed, cfg.grad_window) == (7, 8)
+    plain = commands.build_config(parse(script_argv("finetune", "l63", "1.0", 20, 600)))
+    assert (plain.seed, plain.grad_window) == (42, 1)
