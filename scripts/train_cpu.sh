@@ -6,8 +6,9 @@
 #   scripts/train_cpu.sh finetune SYSTEM SIGMA N SECONDS  the per-N fine-tune of the shipped N = 10 weights (cpu-finetune);
 #                                                         FROM=weights.pt fine-tunes other N = 10 weights instead;
 #                                                         GRAD_WINDOW=G backpropagates through G cycles (default 1);
-#                                                         SEED=S draws another seed's data; TAG=T keeps such an
-#                                                         experiment's trunk apart (_T; promoted as any other)
+#                                                         SEED=S draws another seed's data; UNFREEZE=1 trains the
+#                                                         set transformer too (the paper freezes it); TAG=T keeps
+#                                                         such an experiment's trunk apart (_T; promoted as any other)
 #   scripts/train_cpu.sh pretrain SYSTEM SIGMA EPOCHS BATCH   the first shipped weights' recipe (cpu-pretrain)
 #   scripts/train_cpu.sh wsd SYSTEM SIGMA UNTIL_STEP           the short-budget recipe of the learning curve (cpu-wsd)
 #
@@ -58,7 +59,8 @@ else
   start=enkf  # a new fine-tune starts from the best of three starts on the tune set (a resumed one from its trunk)
   [ -f "$trunk" ] || start=$(python scripts/compare_starts.py --system "$sys" --sigma-y "$sy" --N "$N" --weights "$from" --best)
   daviz finetune --recipe cpu-finetune --from "$from" --N "$N" --warm-start "$start" \
-    --grad-window "${GRAD_WINDOW:-1}" ${SEED:+--seed "$SEED"} --budget-seconds "$seconds" --threads 1 --checkpoint-minutes 5 --no-progress --out "$trunk" --resume \
+    --grad-window "${GRAD_WINDOW:-1}" ${SEED:+--seed "$SEED"} ${UNFREEZE:+--train-set-transformer true} \
+    --budget-seconds "$seconds" --threads 1 --checkpoint-minutes 5 --no-progress --out "$trunk" --resume \
     --note "CPU fine-tune for N=$N (scripts/train_cpu.sh finetune; recipe cpu-finetune), spread over sessions"
   cand="${trunk%.pt}_decayed.pt"
   [ -f "$cand" ] || cand=$trunk

@@ -313,11 +313,11 @@ def test_train_cpu_finetune_follows_the_one_rule(script_argv, tmp_path, sys_, pr
 
 def test_train_cpu_finetune_experiment_keeps_its_own_trunk(script_argv, tmp_path):
     """TAG names the trunk of an experiment (another seed, another gradient window) so it never resumes, or
-    overwrites, the main trunk of that N; SEED and GRAD_WINDOW reach the command line."""
+    overwrites, the main trunk of that N; SEED, GRAD_WINDOW and UNFREEZE reach the command line."""
     shipped_n10_weights(tmp_path, "l63", 1e-3)
-    args = parse(script_argv("finetune", "l63", "1.0", 20, 600, TAG="gw8", SEED="7", GRAD_WINDOW="8"))
+    args = parse(script_argv("finetune", "l63", "1.0", 20, 600, TAG="gw8", SEED="7", GRAD_WINDOW="8", UNFREEZE="1"))
     assert args.out == "pretrained/train_state/l63_s1.0_ft20_gw8.pt"
     cfg = commands.build_config(args)
-    assert (cfg.seed, cfg.grad_window) == (7, 8)
+    assert (cfg.seed, cfg.grad_window, cfg.train_set_transformer) == (7, 8, True)
     plain = commands.build_config(parse(script_argv("finetune", "l63", "1.0", 20, 600)))
-    assert (plain.seed, plain.grad_window) == (42, 1)
+    assert (plain.seed, plain.grad_window, plain.train_set_transformer) == (42, 1, False)

@@ -158,6 +158,19 @@ def test_finetune_trains_heads_only(tmp_path):
     assert changed and all(k.split(".")[0] in ("gain", "inflation", "localization") for k in changed)
 
 
+def test_finetune_can_train_the_set_transformer_too(tmp_path):
+    """--train-set-transformer true: the set transformer moves as well; resuming such a trunk with the
+    default (frozen) is refused, since it would train another set of weights."""
+    train(TrainConfig(epochs=1, **TINY), tmp_path / "pre.pt", progress=False)
+    cfg = finetune_config(tmp_path / "pre.pt", N=9, epochs=2, train_set_transformer=True)
+    train(cfg, tmp_path / "ft.pt", progress=False, stop_after_batches=1)
+    pre, ft = weights(tmp_path / "pre.pt"), weights(tmp_path / "ft.pt")
+    changed = {k.split(".")[0] for k in pre if not torch.equal(pre[k], ft[k])}
+    assert "set_transformer" in changed and "gain" in changed
+    with pytest.raises(ckpt.CheckpointError, match="train_set_transformer = True.*--train-set-transformer true"):
+        train(finetune_config(tmp_path / "pre.pt", N=9, epochs=2), tmp_path / "ft.pt", progress=False, resume=True)
+
+
 def test_finetune_does_not_resume_onto_replaced_pretrained_weights(tmp_path):
     """A fine-tune trunk records which N=10 weights it started from; once they are replaced (a better pretrain
     was promoted), resuming would mix two models: refused with a message that says what to do."""
@@ -174,7 +187,7 @@ def test_finetune_does_not_resume_onto_replaced_pretrained_weights(tmp_path):
 def test_resume_refuses_another_gradient_window(tmp_path):
     """The gradient window is part of what a trunk was trained on: resuming with another one is refused."""
     train(TrainConfig(epochs=2, grad_window=2, **TINY), tmp_path / "a.pt", progress=False, stop_after_batches=1)
-    with pytest.raises(ckpt.CheckpointError, match="gradient window 2.*--grad-window 2"):
+    with pytest.raises(ckpt.CheckpointError, match="grad_window = 2.*--grad-window 2"):
         train(TrainConfig(epochs=2, **TINY), tmp_path / "a.pt", progress=False, resume=True)
     train(TrainConfig(epochs=2, grad_window=2, **TINY), tmp_path / "a.pt", progress=False, resume=True)
 

@@ -56,7 +56,7 @@ def _initial_model(cfg: TrainConfig) -> tuple[MNMEF, dict]:
         if abs(float(data["sigma_y"]) - cfg.sigma_y) > 1e-12:
             raise ckpt.CheckpointError(f"MNMEF checkpoint {cfg.finetune_from} was trained for sigma_y={data['sigma_y']}, not {cfg.sigma_y}")
         for q in model.set_transformer.parameters():
-            q.requires_grad_(False)
+            q.requires_grad_(cfg.train_set_transformer)
         cfg.model = model.config.to_dict()
         return model, {"pretrained_from": str(cfg.finetune_from), "pretrained_meta": meta,
                        "pretrained_sha256": hashlib.sha256(Path(cfg.finetune_from).read_bytes()).hexdigest()}
@@ -142,11 +142,11 @@ class _Trainer:
             state = ckpt.load(out, system=cfg.system, map_location=self.dev)
             meta = ckpt.read_meta(out)
             started_from = meta.get("pretrained_sha256")
-            trained_window = (meta.get("recipe") or {}).get("grad_window", cfg.grad_window)
-            if trained_window != cfg.grad_window:  # resuming would silently change what the loss sees
-                raise ckpt.CheckpointError(f"cannot resume {out}: it was trained with gradient window "
-                                           f"{trained_window}, this run asks for {cfg.grad_window} "
-                                           f"(pass --grad-window {trained_window})")
+            for key, flag in (("grad_window", "--grad-window"), ("train_set_transformer", "--train-set-transformer")):
+                trained = (meta.get("recipe") or {}).get(key, getattr(cfg, key))  # older trunks: the defaults
+                if trained != getattr(cfg, key):  # resuming would silently change what is trained
+                    raise ckpt.CheckpointError(f"cannot resume {out}: it was trained with {key} = {trained}, "
+                                               f"this run asks for {getattr(cfg, key)} (pass {flag} {str(trained).lower()})")
             if cfg.finetune_from and started_from not in (None, self.extra["pretrained_sha256"]):
                 raise ckpt.CheckpointError(f"cannot resume the fine-tune {out}: it started from other weights than "
                                            f"{cfg.finetune_from} holds now; delete it to fine-tune the new weights")

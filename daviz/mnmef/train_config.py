@@ -60,6 +60,8 @@ class TrainConfig:
     chains: int = _opt(256, "truth chains generated in parallel; windows are cut along them (256)")
     # pretrained checkpoint: freeze the set transformer, train the heads
     finetune_from: str | None = _opt(None, "pretrained checkpoint", flag="from")
+    train_set_transformer: bool = _opt(False, "fine-tune: train the pretrained set transformer too (the paper "
+                                       "freezes it, §4.4, and finds both about equal, §5.8); default false")
     model: dict = _opt(dict, "ModelConfig fields")
     recipe_note: str = _opt("", "recipe note recorded in the metadata", flag="note")
     warm_start: str = _opt("none", "start from the tuned localized EnKF at N (daviz.mnmef.warm_start): enkf = heads' last "
