@@ -40,7 +40,7 @@ class TrainingError(ValueError):
 
 
 def init_model(cfg: TrainConfig) -> tuple[MNMEF, dict]:
-    """Fresh model, or the pretrained one (set transformer frozen) when fine-tuning; then the warm start:
+    """Fresh model, or the pretrained one (set transformer frozen by default) when fine-tuning; then the warm start:
     "enkf" makes it the tuned localized EnKF at N (heads zeroed), "prior" swaps in only N's prior and inflation."""
     model, extra = _initial_model(cfg)
     if cfg.warm_start != "none":

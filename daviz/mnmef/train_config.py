@@ -58,7 +58,7 @@ class TrainConfig:
     grad_window: int = _opt(1, "detach the ensemble every this many cycles (1)")
     seed: int = _opt(42, "seed of the training data and initial weights (42)")
     chains: int = _opt(256, "truth chains generated in parallel; windows are cut along them (256)")
-    # pretrained checkpoint: freeze the set transformer, train the heads
+    # pretrained checkpoint: train the heads (the set transformer stays frozen unless train_set_transformer)
     finetune_from: str | None = _opt(None, "pretrained checkpoint", flag="from")
     train_set_transformer: bool = _opt(False, "fine-tune: train the pretrained set transformer too (the paper "
                                        "freezes it, §4.4, and finds both about equal, §5.8); default false")
