@@ -18,7 +18,7 @@ import torch
 from .model import ModelConfig
 from .step import MODES
 from .train import train
-from .train_config import TrainConfig, finetune_config
+from .train_config import TrainConfig, finetune_config, flag_of
 from .train_schedule import branch_path
 
 
@@ -49,7 +49,7 @@ def _config_settings() -> dict[str, Setting]:
         many = kind is tuple
         if many:
             kind = type(f.default[0]) if f.default else float
-        out[f.name] = Setting(f.name, "--" + f.metadata.get("flag", f.name.replace("_", "-")), kind,
+        out[f.name] = Setting(f.name, flag_of(f.name), kind,
                               f.metadata["help"], f.metadata.get("choices"), optional=type(None) in typing.get_args(hint),
                               many=many)
     return out

@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from .model import MNMEF, ModelConfig, parameter_counts
 from .rollout import RolloutLoss
 from .step import STATS, TrainStep, _is_oom, make_optimizer
-from .train_config import TrainConfig, finetune_config, finite, int_at_least, load_pretrained, table_c8
+from .train_config import TrainConfig, finetune_config, finite, flag_of, int_at_least, load_pretrained, table_c8
 from .train_data import batch_seed, epoch_windows, make_data
 from .train_runtime import (Stop, check_step_memory, distributed, main_thread, pick_device,
                             pick_mode, step_memory_estimate)
@@ -142,11 +142,12 @@ class _Trainer:
             state = ckpt.load(out, system=cfg.system, map_location=self.dev)
             meta = ckpt.read_meta(out)
             started_from = meta.get("pretrained_sha256")
-            for key, flag in (("grad_window", "--grad-window"), ("train_set_transformer", "--train-set-transformer")):
-                trained = (meta.get("recipe") or {}).get(key, getattr(cfg, key))  # older trunks: the defaults
-                if trained != getattr(cfg, key):  # resuming would silently change what is trained
-                    raise ckpt.CheckpointError(f"cannot resume {out}: it was trained with {key} = {trained}, "
-                                               f"this run asks for {getattr(cfg, key)} (pass {flag} {str(trained).lower()})")
+            for key in ("grad_window", "train_set_transformer"):  # another would silently change what is trained
+                asked = getattr(cfg, key)
+                trained = (meta.get("recipe") or {}).get(key, asked)  # older trunks do not record it: accepted
+                if trained != asked:
+                    raise ckpt.CheckpointError(f"cannot resume {out}: it was trained with {key} = {trained}, this run "
+                                               f"asks for {asked} (pass {flag_of(key)} {str(trained).lower()})")
             if cfg.finetune_from and started_from not in (None, self.extra["pretrained_sha256"]):
                 raise ckpt.CheckpointError(f"cannot resume the fine-tune {out}: it started from other weights than "
                                            f"{cfg.finetune_from} holds now; delete it to fine-tune the new weights")

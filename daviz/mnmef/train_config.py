@@ -95,6 +95,11 @@ class TrainConfig:
         return sorted({max(1, round(f * self.epochs)) for f in self.lr_milestones})
 
 
+def flag_of(name: str) -> str:
+    """The command-line flag of TrainConfig field `name`: --kebab-case, or the field's metadata 'flag'."""
+    return "--" + TrainConfig.__dataclass_fields__[name].metadata.get("flag", name.replace("_", "-"))
+
+
 def int_at_least(name, value, low):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
