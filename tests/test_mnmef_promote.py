@@ -49,16 +49,24 @@ def test_better_candidate_replaces_shipped_and_worse_does_not(tmp_path):
     assert points[0]["trajectory_cycles"] == 700 and points[0]["rrmse_mean"] == first["candidate"]["rrmse_mean"]
 
 
-def test_new_n10_weights_retire_the_finetunes_made_from_the_old(tmp_path):
+def test_new_n10_weights_retire_only_the_finetunes_they_beat(tmp_path):
+    """New N = 10 weights scored at each fine-tune's N: a fine-tune they beat is removed, one that still beats
+    them (its recorded tune score, measured the same way) is kept, another system's is not touched."""
     shipped = weights_file(tmp_path / "l96_sigma1.0_N10.pt", warm=False, seed=0)
-    old_ft = weights_file(tmp_path / "l96_sigma1.0_N10_ft40.pt", warm=False, seed=3)
+    beaten = weights_file(tmp_path / "l96_sigma1.0_N10_ft40.pt", warm=False, seed=3)
+    better = weights_file(tmp_path / "l96_sigma1.0_N10_ft20.pt", warm=False, seed=7)
+    ckpt.record_evaluation(better, {"tune": {"N": 20, "trajectories": 2, "cycles": 30, "seed": 0, "purpose": "tune",
+                                             "rrmse_mean": 1e-6, "rrmse_std": 0.0, "diverged": 0}})
     other = weights_file(tmp_path / "ks_sigma1.0_N10_ft40.pt", warm=False, seed=4)
     out = promote(weights_file(tmp_path / "good.pt", warm=True, seed=2), shipped, **EVAL)
-    assert out["promoted"] and out["removed_stale_finetunes"] == ["l96_sigma1.0_N10_ft40.pt"]
-    assert not old_ft.exists() and not old_ft.with_suffix(".json").exists() and other.exists()
+    assert out["promoted"] and out["retired_finetunes"] == ["l96_sigma1.0_N10_ft40.pt"]
+    assert not beaten.exists() and not beaten.with_suffix(".json").exists() and other.exists()
+    kept = out["kept_finetunes"]["l96_sigma1.0_N10_ft20.pt"]
+    assert better.exists() and kept["finetune"] == 1e-6 and kept["new_n10_at_N"] > 1e-3
     # a fine-tune promoted over a fine-tune retires nothing
-    ft = weights_file(tmp_path / "l96_sigma1.0_N10_ft20.pt", warm=False, seed=5)
-    assert promote(weights_file(tmp_path / "g20.pt", warm=True, seed=6), ft, **EVAL)["removed_stale_finetunes"] == []
+    ft = weights_file(tmp_path / "l96_sigma1.0_N10_ft60.pt", warm=False, seed=5)
+    out = promote(weights_file(tmp_path / "g60.pt", warm=True, seed=6), ft, **EVAL)
+    assert out["promoted"] and out["retired_finetunes"] == [] and better.exists()
 
 
 def test_no_shipped_file_yet_is_a_promotion(tmp_path):

@@ -9,9 +9,9 @@ measured the same way (so an A/B that scored its arms does not score the winner 
 replaces the shipped file (weights only, no optimizer state) when its mean R-RMSE is lower and no more of its
 trajectories diverged; its sidecar then records both scores.
 A first fine-tune for an N (no `..._ftN.pt` yet) must beat the N = 10 weights scored at that N.
-When new N = 10 weights replace old ones, the fine-tunes shipped beside them (`..._ftN.pt`) were made from the
-old set transformer and would no longer fit: they are removed (git keeps them), so every N uses the new
-weights until its own fine-tune is promoted.
+When new N = 10 weights replace old ones, each fine-tune shipped beside them (`..._ftN.pt`, a complete model
+made from the old weights) competes with the new N = 10 weights scored at its N: it is removed (git keeps it)
+only when they beat it there, so a better base never takes a better fine-tune away from the explorer.
 """
 from __future__ import annotations
 
@@ -58,14 +58,15 @@ def promote(candidate, shipped, N: int | None = None, trajectories: int = 64, cy
         ckpt.load(n10, system=data["system"], sigma_y=data["sigma_y"])
         base = evaluate_file(n10, N, trajectories=trajectories, cycles=cycles, seed=seed, purpose="tune")
     better = base is None or (cand["rrmse_mean"] < base["rrmse_mean"] and cand["diverged"] <= base["diverged"])
-    stale = []
+    retired, kept = [], {}
     if better:
         ckpt.export_weights(candidate, shipped)
         ckpt.record_evaluation(shipped, {"tune": cand, "promoted_over": base})
-        stale = _remove_stale_finetunes(Path(shipped))
+        retired, kept = _retire_beaten_finetunes(Path(shipped), trajectories, cycles, seed)
     if curve is not None:
         _append_point(curve, candidate, cand, better)
-    return {"candidate": cand, "shipped": base, "promoted": better, "removed_stale_finetunes": stale}
+    return {"candidate": cand, "shipped": base, "promoted": better, "retired_finetunes": retired,
+            "kept_finetunes": kept}
 
 
 def _n10_weights(shipped: Path) -> Path | None:
@@ -76,14 +77,23 @@ def _n10_weights(shipped: Path) -> Path | None:
     return n10 if n10.is_file() else None
 
 
-def _remove_stale_finetunes(shipped: Path) -> list[str]:
+def _retire_beaten_finetunes(shipped: Path, trajectories: int, cycles: int, seed: int) -> tuple[list, dict]:
+    """After new N = 10 weights: remove each fine-tune beside them that they beat at its N; keep the others.
+    Returns (removed names, {kept name: both tune scores})."""
     if "_ft" in shipped.stem:
-        return []
-    stale = sorted(shipped.parent.glob(f"{shipped.stem}_ft*.pt"))
-    for f in stale:
-        f.unlink()
-        ckpt.sidecar_path(f).unlink(missing_ok=True)
-    return [f.name for f in stale]
+        return [], {}
+    retired, kept = [], {}
+    for ft in sorted(shipped.parent.glob(f"{shipped.stem}_ft*.pt")):
+        N = int(ft.stem.rsplit("_ft", 1)[1])
+        own = _tune_score(ft, N, trajectories, cycles, seed)
+        new = evaluate_file(shipped, N, trajectories=trajectories, cycles=cycles, seed=seed, purpose="tune")
+        if new["rrmse_mean"] < own["rrmse_mean"] and new["diverged"] <= own["diverged"]:
+            ft.unlink()
+            ckpt.sidecar_path(ft).unlink(missing_ok=True)
+            retired.append(ft.name)
+        else:
+            kept[ft.name] = {"finetune": own["rrmse_mean"], "new_n10_at_N": new["rrmse_mean"]}
+    return retired, kept
 
 
 def _append_point(curve, candidate, score: dict, promoted: bool) -> None:
@@ -117,7 +127,8 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"daviz: error: {err}", file=sys.stderr)
         return 2
-    short = {k: (v if not isinstance(v, dict) else {kk: v[kk] for kk in ("rrmse_mean", "rrmse_std", "diverged")})
+    scores = ("candidate", "shipped")
+    short = {k: ({kk: v[kk] for kk in ("rrmse_mean", "rrmse_std", "diverged")} if k in scores else v)
              for k, v in out.items() if v or k == "promoted"}
     print(json.dumps(short))
     return 0
