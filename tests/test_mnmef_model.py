@@ -116,3 +116,18 @@ def test_runs_in_twin_experiment(l96):
     exp = TwinExperiment(l96, 1.0, 8, {"mnmef": MNMEFFilter(MNMEF(l96, 1.0), device="cpu")}, trajectories=2, seed=1)
     res = exp.run(3)
     assert res["mnmef"].shape == (2,) and np.isfinite(res["mnmef"]).all()
+
+
+def test_softmax_last_equals_torch_softmax_on_both_sides_of_short_axis():
+    """The written-out softmax (short key axes on the CPU) and torch.softmax give the same values and gradients."""
+    from daviz.mnmef.set_transformer import SHORT_AXIS, softmax_last
+    torch.manual_seed(0)
+    for keys in (SHORT_AXIS - 1, SHORT_AXIS):
+        x = (3 * torch.randn(4, 2, 5, keys, dtype=torch.float64)).requires_grad_(True)
+        w = torch.randn(4, 2, 5, keys, dtype=torch.float64)
+        ours = softmax_last(x)
+        (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+        ref = torch.softmax(x, -1)
+        (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+        torch.testing.assert_close(ours, ref)
+        torch.testing.assert_close(g_ours, g_ref)
