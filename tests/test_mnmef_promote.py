@@ -104,3 +104,36 @@ def test_candidate_score_recorded_the_same_way_is_reused(tmp_path):
     other = weights_file(tmp_path / "other.pt", warm=False, seed=2)
     ckpt.record_evaluation(other, {"tune": dict(recorded, N=20)})
     assert promote(other, shipped, **EVAL)["candidate"]["rrmse_mean"] > 1e-3
+
+
+def test_fixed_inflation_scan_writes_only_a_better_value(tmp_path):
+    """scripts/scan_fixed_inflation.py --write-best: the file gets the scan's best value (the trained-with one
+    is always scored) and its sidecar the scan and new tune score; a scan with nothing better leaves it as it was."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "scan_fixed_inflation.py"
+    w = weights_file(tmp_path / "l96_sigma1.0_N10.pt", warm=True, seed=0)
+    trained_with = float(ckpt.load(w)["model"]["fixed_inflation"])
+
+    def scan(alphas, out):
+        subprocess.run([sys.executable, str(script), "--weights", str(w), "--N", "10", "--alphas", alphas,
+                        "--trajectories", "2", "--cycles", "30", "--json", str(out), "--write-best"],
+                       check=True, capture_output=True)
+        return {r["alpha"]: r["rrmse_mean"] for r in json.loads(out.read_text())["rows"]}
+
+    worse = scan("4.0", tmp_path / "worse.json")
+    assert set(worse) == {4.0, round(trained_with, 6)} and worse[4.0] > worse[round(trained_with, 6)]
+    assert float(ckpt.load(w)["model"]["fixed_inflation"]) == trained_with
+    assert "fixed_inflation_tuned" not in ckpt.read_meta(w)
+
+    data = ckpt.load(w)  # a badly set buffer: the tuned EnKF's value scores better
+    data["model"]["fixed_inflation"] = torch.tensor(1.3)
+    ckpt.save(w, {k: v for k, v in data.items() if k != "format"})
+    scores = scan(f"{trained_with:.6f}", tmp_path / "scan.json")
+    good = round(trained_with, 6)
+    assert scores[good] < scores[1.3]
+    assert float(ckpt.load(w)["model"]["fixed_inflation"]) == torch.tensor(good).item()
+    meta = ckpt.read_meta(w)
+    assert meta["fixed_inflation_tuned"]["from"] == 1.3 and meta["fixed_inflation_tuned"]["to"] == good
+    assert meta["evaluation"]["tune"]["rrmse_mean"] == scores[good]
