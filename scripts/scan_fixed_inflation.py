@@ -35,9 +35,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     data = ckpt.load(a.weights)
     trained_with = round(float(data["model"]["fixed_inflation"]), 6)
+    model = ckpt.build_model(data, a.weights).eval().requires_grad_(False)
     rows = []
     for alpha in sorted({float(x) for x in a.alphas.split(",")} | {trained_with}):
-        model = ckpt.build_model(data, a.weights).eval().requires_grad_(False)
         model.fixed_inflation.fill_(alpha)
         with torch.inference_mode():
             row = evaluate_model(model, a.N, trajectories=a.trajectories, cycles=a.cycles, purpose="tune")
@@ -62,9 +62,10 @@ def write_best(path, data: dict, rows: list, trained_with: float, command: str, 
     meta = ckpt.read_meta(path)
     meta["fixed_inflation_tuned"] = {"from": trained_with, "to": best["alpha"], "command": command + " --write-best",
                                      "scores": {str(r["alpha"]): r["rrmse_mean"] for r in rows}}
+    if not isinstance(meta.get("evaluation"), dict):
+        meta["evaluation"] = {}
+    meta["evaluation"]["tune"] = {k: v for k, v in best.items() if k not in ("alpha", "trained_with")}
     ckpt.save(path, {k: v for k, v in data.items() if k != "format"}, meta)
-    tune = {k: v for k, v in best.items() if k not in ("alpha", "trained_with")}
-    ckpt.record_evaluation(path, {"tune": tune})
     print(f"wrote fixed_inflation {best['alpha']} (tune {best['rrmse_mean']:.4f} vs {base['rrmse_mean']:.4f})")
 
 

@@ -57,7 +57,7 @@ def promote(candidate, shipped, N: int | None = None, trajectories: int = 64, cy
         # the N = 10 file's sidecar keeps its own N = 10 score)
         ckpt.load(n10, system=data["system"], sigma_y=data["sigma_y"])
         base = evaluate_file(n10, N, trajectories=trajectories, cycles=cycles, seed=seed, purpose="tune")
-    better = base is None or (cand["rrmse_mean"] < base["rrmse_mean"] and cand["diverged"] <= base["diverged"])
+    better = base is None or _beats(cand, base)
     retired, kept = [], {}
     if better:
         ckpt.export_weights(candidate, shipped)
@@ -67,6 +67,11 @@ def promote(candidate, shipped, N: int | None = None, trajectories: int = 64, cy
         _append_point(curve, candidate, cand, better)
     return {"candidate": cand, "shipped": base, "promoted": better, "retired_finetunes": retired,
             "kept_finetunes": kept}
+
+
+def _beats(score: dict, other: dict) -> bool:
+    """A lower mean tune-set R-RMSE with no more diverged trajectories."""
+    return score["rrmse_mean"] < other["rrmse_mean"] and score["diverged"] <= other["diverged"]
 
 
 def _n10_weights(shipped: Path) -> Path | None:
@@ -87,7 +92,7 @@ def _retire_beaten_finetunes(shipped: Path, trajectories: int, cycles: int, seed
         N = int(ft.stem.rsplit("_ft", 1)[1])
         own = _tune_score(ft, N, trajectories, cycles, seed)
         new = evaluate_file(shipped, N, trajectories=trajectories, cycles=cycles, seed=seed, purpose="tune")
-        if new["rrmse_mean"] < own["rrmse_mean"] and new["diverged"] <= own["diverged"]:
+        if _beats(new, own):
             ft.unlink()
             ckpt.sidecar_path(ft).unlink(missing_ok=True)
             retired.append(ft.name)

@@ -22,9 +22,14 @@ def softmax_last(x):
     `python benchmarks/bench_softmax.py`. The max is detached because softmax does not depend on the shift, so
     the gradient is the same."""
     if x.device.type == "cpu" and x.shape[-1] < SHORT_AXIS:
-        e = (x - x.amax(-1, keepdim=True).detach()).exp()
-        return e * e.sum(-1, keepdim=True).reciprocal()
+        return softmax_written_out(x)
     return torch.softmax(x, dim=-1)
+
+
+def softmax_written_out(x):
+    """exp(x − max) / Σ exp(x − max) over the last axis, as separate ops."""
+    e = (x - x.amax(-1, keepdim=True).detach()).exp()
+    return e * e.sum(-1, keepdim=True).reciprocal()
 
 
 class MultiHeadAttention(nn.Module):
