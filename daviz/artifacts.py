@@ -9,11 +9,13 @@ half a file. Torch is imported only by the functions that need it: the numpy pat
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +59,31 @@ def atomic_write(path, write) -> None:
 def write_text(path, text: str) -> None:
     """`text` into `path`, atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+@contextmanager
+def folder_locked(directory):
+    """An exclusive lock on `directory` for one read-modify-write of a file in it. Jobs that run side by side
+    (tuners, fine-tunes comparing their starts) would otherwise each write back what they had read and lose the
+    other's rows. An flock is released when its descriptor closes, so also when the process dies."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def update_json(path, change, empty) -> dict:
+    """Re-read the JSON document at `path` (`empty()` when there is none), apply `change(doc)` and write it back
+    atomically, all under the folder's lock; returns the document as written."""
+    path = Path(path)
+    with folder_locked(path.parent):
+        doc = json.loads(path.read_text()) if path.is_file() else empty()
+        change(doc)
+        write_text(path, json.dumps(doc, indent=1) + "\n")
+    return doc
 
 
 def write_meta(path, meta: dict) -> None:

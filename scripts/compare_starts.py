@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from daviz.artifacts import update_json  # noqa: E402
 from daviz.mnmef import checkpoint as ckpt  # noqa: E402
 from daviz.mnmef.quickeval import evaluate_model  # noqa: E402
 from daviz.mnmef.warm_start import set_enkf_prior, warm_start  # noqa: E402
@@ -43,6 +44,14 @@ def starts(weights: Path, N: int):
     yield "enkf", model
 
 
+def adding(row: dict, header: dict):
+    """The change update_json makes to the results file: the header refreshed, `row` appended."""
+    def change(doc):
+        doc.update(header)
+        doc["rows"].append(row)
+    return change
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--system", default="l96")
@@ -57,26 +66,31 @@ def main() -> None:
     torch.set_num_threads(1)
     weights = Path(a.weights or ROOT / "pretrained" / f"{a.system}_sigma{a.sigma_y}_N10.pt")
     out = Path(a.out or ROOT / "results" / f"mnmef_starts_{a.system}_s{a.sigma_y}.json")
-    doc = json.loads(out.read_text()) if out.is_file() else {"description": __doc__.split("\n\n")[0].strip(), "rows": []}
     meta = ckpt.read_meta(weights)
-    doc["weights"] = {"file": weights.name, "step": (meta.get("progress") or {}).get("step"),
-                      "trajectory_cycles": (meta.get("progress") or {}).get("trajectory_cycles")}
-    doc["command"] = "python scripts/compare_starts.py " + " ".join(sys.argv[1:])
+    progress = meta.get("progress") or {}
+    header = {"weights": {"file": weights.name, "step": progress.get("step"),
+                          "trajectory_cycles": progress.get("trajectory_cycles")},
+              "command": "python scripts/compare_starts.py " + " ".join(sys.argv[1:])}
+
+    def empty():
+        return {"description": __doc__.split("\n\n")[0].strip(), "rows": []}
+
+    doc = json.loads(out.read_text()) if out.is_file() else empty()
     done = {(r["start"], r["N"], r["weights_step"]) for r in doc["rows"]}
     for N in (int(n) for n in a.N.split(",")):
         for name, model in starts(weights, N):
-            key = (name, N, doc["weights"]["step"])
+            key = (name, N, header["weights"]["step"])
             if key in done:
                 continue
             t0 = time.time()
             with torch.inference_mode():
                 row = evaluate_model(model.eval(), N, trajectories=a.trajectories, cycles=a.cycles, purpose="tune")
-            doc["rows"].append({"start": name, "N": N, "weights_step": key[2], **row})
-            out.write_text(json.dumps(doc, indent=1) + "\n")
+            # Re-read under the lock: two fine-tunes comparing their starts side by side share this file.
+            doc = update_json(out, adding({"start": name, "N": N, "weights_step": key[2], **row}, header), empty)
             print(f"N={N:>3} {name:>6}: R-RMSE {row['rrmse_mean']:.4f} ± {row['rrmse_std']:.4f} "
                   f"(diverged {row['diverged']}, {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     if a.best:
-        rows = [r for r in doc["rows"] if r["N"] == int(a.N) and r["weights_step"] == doc["weights"]["step"]]
+        rows = [r for r in doc["rows"] if r["N"] == int(a.N) and r["weights_step"] == header["weights"]["step"]]
         print(min(rows, key=lambda r: (r["diverged"], r["rrmse_mean"]))["start"])
 
 

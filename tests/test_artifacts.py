@@ -1,7 +1,9 @@
 """daviz.artifacts: the one implementation of atomic writes, safe torch loading, sidecars and provenance."""
+import json
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,43 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["table.json"]
     atomic_write(tmp_path / "sub" / "new.bin", lambda tmp: tmp.write_bytes(b"x"))  # makes the folder
     assert (tmp_path / "sub" / "new.bin").read_bytes() == b"x" and len(list((tmp_path / "sub").iterdir())) == 1
+
+
+
+HOLDER = """
+import json, sys
+from daviz.artifacts import folder_locked, write_text
+path = sys.argv[1]
+with folder_locked(sys.argv[2]):
+    doc = json.load(open(path))
+    print("read", flush=True)
+    sys.stdin.readline()  # the test lets this writer finish only after the other has tried to write
+    doc["rows"].append("B")
+    write_text(path, json.dumps(doc))
+"""
+
+
+def test_update_json_loses_no_row_of_a_writer_beside_it(tmp_path):
+    """Two fine-tunes compared their starts side by side and one's rows were lost: each wrote back what it had
+    read. Another process reads the file under the folder lock and writes only when told; an update_json made
+    meanwhile must wait for it and then re-read, so both rows stay."""
+    path = tmp_path / "starts.json"
+    artifacts.update_json(path, lambda doc: None, lambda: {"rows": []})
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "read"
+        writer = threading.Thread(target=artifacts.update_json,
+                                  args=(path, lambda doc: doc["rows"].append("A"), lambda: {"rows": []}))
+        writer.start()
+        writer.join(timeout=1.0)  # without the lock it writes now, and the holder's write below would lose "A"
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=60) == 0
+        writer.join()
+    finally:
+        holder.kill()
+    assert sorted(json.loads(path.read_text())["rows"]) == ["A", "B"]
 
 
 def test_code_version_has_one_format():

@@ -6,15 +6,12 @@ holds a lock on the folder, and every write renames a finished temporary file in
 """
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import write_text
+from ..artifacts import folder_locked, write_text
 from ..experiment import LOST_TRACK_WINDOW
 from ..filters import filter_localizes
 from ..systems import System, get_system
@@ -55,7 +52,7 @@ def save_untunable(system_name, filter_name, N, sigma_y, meta: dict, directory: 
     """Record in untunable.json that every candidate diverged (with the budget that showed it), and drop any
     older setting for (N, sigma_y) from the tuned table: a setting this search saw diverge is not kept."""
     path = Path(directory) / UNTUNABLE
-    with _tables_locked(directory):
+    with folder_locked(directory):
         table = _read_table(path)
         table.setdefault(f"{system_name}_{filter_name}", {}).setdefault(f"{float(sigma_y)}", {})[str(int(N))] = meta
         _write_table(path, table)
@@ -79,19 +76,6 @@ def _drop_entry(path: Path, keys: list[str]) -> None:
     _write_table(path, table)
 
 
-@contextmanager
-def _tables_locked(directory: Path):
-    """Hold an exclusive lock on the table directory for one read-modify-write: tuners of different tables
-    run side by side, and all of them may edit untunable.json."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def _read_table(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -104,7 +88,7 @@ def _write_table(path: Path, table: dict) -> None:
 def save_tuned(system_name, filter_name, N, sigma_y, inflation, radius, rrmse, meta: dict,
                directory: Path = TUNED_DIR) -> Path:
     path = table_path(system_name, filter_name, directory)
-    with _tables_locked(directory):
+    with folder_locked(directory):
         table = _read_table(path)
         table.setdefault(f"{float(sigma_y)}", {})[str(int(N))] = {
             "inflation": float(inflation), "radius": None if radius is None else float(radius),
