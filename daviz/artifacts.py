@@ -86,6 +86,14 @@ def update_json(path, change, empty) -> dict:
     return doc
 
 
+def add_evaluation(meta: dict, evaluation: dict) -> dict:
+    """`evaluation`'s entries merged into meta["evaluation"] (a malformed entry there is replaced, not a crash)."""
+    if not isinstance(meta.get("evaluation"), dict):
+        meta["evaluation"] = {}
+    meta["evaluation"].update(evaluation)
+    return meta
+
+
 def write_meta(path, meta: dict) -> None:
     """The JSON sidecar next to `path` (atomic)."""
     write_text(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -17,6 +17,7 @@ import json
 
 import torch
 
+from daviz.artifacts import add_evaluation
 from daviz.mnmef import checkpoint as ckpt
 from daviz.mnmef.quickeval import evaluate_model
 
@@ -62,9 +63,7 @@ def write_best(path, data: dict, rows: list, trained_with: float, command: str, 
     meta = ckpt.read_meta(path)
     meta["fixed_inflation_tuned"] = {"from": trained_with, "to": best["alpha"], "command": command + " --write-best",
                                      "scores": {str(r["alpha"]): r["rrmse_mean"] for r in rows}}
-    if not isinstance(meta.get("evaluation"), dict):
-        meta["evaluation"] = {}
-    meta["evaluation"]["tune"] = {k: v for k, v in best.items() if k not in ("alpha", "trained_with")}
+    add_evaluation(meta, {"tune": {k: v for k, v in best.items() if k not in ("alpha", "trained_with")}})
     ckpt.save(path, {k: v for k, v in data.items() if k != "format"}, meta)
     print(f"wrote fixed_inflation {best['alpha']} (tune {best['rrmse_mean']:.4f} vs {base['rrmse_mean']:.4f})")
 

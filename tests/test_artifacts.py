@@ -32,7 +32,6 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
     assert (tmp_path / "sub" / "new.bin").read_bytes() == b"x" and len(list((tmp_path / "sub").iterdir())) == 1
 
 
-
 HOLDER = """
 import json, sys
 from daviz.artifacts import folder_locked, write_text

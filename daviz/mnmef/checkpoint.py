@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import (CheckpointError, FileKind, atomic_write, code_version, hardware, load_torch, save_torch,
-                         shown, sidecar_path, write_meta)
+from ..artifacts import (CheckpointError, FileKind, add_evaluation, atomic_write, code_version, hardware, load_torch,
+                         save_torch, shown, sidecar_path, write_meta)
 from ..artifacts import read_meta as _read_meta
 from ..systems import SYSTEM_NAMES, get_system
 from .model import MNMEF, ModelConfig
@@ -102,8 +102,4 @@ def export_weights(src, dst) -> dict:
 
 def record_evaluation(path, evaluation: dict) -> None:
     """Add evaluation figures (with the command that produced them) to the sidecar of `path`."""
-    meta = read_meta(path)
-    if not isinstance(meta.get("evaluation", {}), dict):
-        meta["evaluation"] = {}  # a malformed entry would otherwise break the update
-    meta.setdefault("evaluation", {}).update(evaluation)
-    write_meta(path, meta)
+    write_meta(path, add_evaluation(read_meta(path), evaluation))

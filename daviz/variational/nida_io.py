@@ -13,7 +13,8 @@ import threading
 from pathlib import Path
 
 from .. import artifacts
-from ..artifacts import CheckpointError, FileKind, load_torch, save_torch, shown, sidecar_path, write_meta
+from ..artifacts import (CheckpointError, FileKind, add_evaluation, load_torch, save_torch, shown, sidecar_path,
+                         write_meta)
 from ..systems import SYSTEM_NAMES
 from .nida import NIDA, NIDAConfig
 
@@ -109,9 +110,5 @@ def record_evaluation(system: str, sigma_y: float, key: str, entry: dict, direct
                  if e["system"] == system and abs(e["sigma_y"] - float(sigma_y)) < 1e-9), None)
     if path is None:
         raise CheckpointError(f"no NIDA weights for {system} at sigma_y={float(sigma_y)}", directory)
-    meta = read_meta(path)
-    if not isinstance(meta.get("evaluation"), dict):
-        meta["evaluation"] = {}
-    meta["evaluation"][key] = entry
-    write_meta(path, meta)
+    write_meta(path, add_evaluation(read_meta(path), {key: entry}))
     return path
