@@ -11,8 +11,9 @@ is a value of the fine-tune's --warm-start:
     python scripts/compare_starts.py --system l96 --sigma-y 1.0 --N 5,20,40,100 [--trajectories 32 --cycles 1000]
     python scripts/compare_starts.py --system l96 --sigma-y 1.0 --N 40 --best   # prints the best start only
 
-Each row goes to results/mnmef_starts_SYSTEM_sSIGMA.json as it finishes, keyed by the weights' training step
-(a rerun, or --best, measures only what is not there yet).
+Each row goes to results/mnmef_starts_SYSTEM_sSIGMA.json as it finishes, keyed by the weights' file name and
+training step (a rerun, or --best, measures only what is not there yet). --weights may be a fine-tune's file:
+its start "none" keeps that fine-tune's prior and inflation.
 """
 from __future__ import annotations
 
@@ -75,22 +76,26 @@ def main() -> None:
     def empty():
         return {"description": __doc__.split("\n\n")[0].strip(), "rows": []}
 
+    def key_of(row):  # rows written before the file name was recorded all scored the shipped N = 10 weights
+        return row["start"], row["N"], row.get("weights_file", f"{a.system}_sigma{a.sigma_y}_N10.pt"), row["weights_step"]
+
     doc = json.loads(out.read_text()) if out.is_file() else empty()
-    done = {(r["start"], r["N"], r["weights_step"]) for r in doc["rows"]}
+    done = {key_of(r) for r in doc["rows"]}
     for N in (int(n) for n in a.N.split(",")):
         for name, model in starts(weights, N):
-            key = (name, N, header["weights"]["step"])
+            key = (name, N, weights.name, header["weights"]["step"])
             if key in done:
                 continue
             t0 = time.time()
             with torch.inference_mode():
                 row = evaluate_model(model.eval(), N, trajectories=a.trajectories, cycles=a.cycles, purpose="tune")
             # Re-read under the lock: two fine-tunes comparing their starts side by side share this file.
-            doc = update_json(out, adding({"start": name, "N": N, "weights_step": key[2], **row}, header), empty)
+            doc = update_json(out, adding({"start": name, "N": N, "weights_file": weights.name,
+                                                "weights_step": key[3], **row}, header), empty)
             print(f"N={N:>3} {name:>6}: R-RMSE {row['rrmse_mean']:.4f} ± {row['rrmse_std']:.4f} "
                   f"(diverged {row['diverged']}, {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     if a.best:
-        rows = [r for r in doc["rows"] if r["N"] == int(a.N) and r["weights_step"] == header["weights"]["step"]]
+        rows = [r for r in doc["rows"] if key_of(r)[1:] == (int(a.N), weights.name, header["weights"]["step"])]
         print(min(rows, key=lambda r: (r["diverged"], r["rrmse_mean"]))["start"])
 
 
