@@ -4,7 +4,10 @@
 #
 #   scripts/train_cpu.sh warm SYSTEM SIGMA SECONDS        the warm-started pretraining at N = 10 (recipe cpu-warm)
 #   scripts/train_cpu.sh finetune SYSTEM SIGMA N SECONDS  the per-N fine-tune of the shipped N = 10 weights (cpu-finetune);
-#                                                         FROM=weights.pt fine-tunes other N = 10 weights instead;
+#                                                         FROM=weights.pt fine-tunes other weights instead: other
+#                                                         N = 10 weights, or a neighbouring N's fine-tune (a chain,
+#                                                         e.g. N = 40 -> 100; copy it into train_state/ first, so
+#                                                         the trunk can resume after the shipped file is replaced);
 #                                                         GRAD_WINDOW=G backpropagates through G cycles (default 1);
 #                                                         SEED=S draws another seed's data; UNFREEZE=1 trains the
 #                                                         set transformer too (the paper freezes it); TAG=T keeps

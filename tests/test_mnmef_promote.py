@@ -137,3 +137,31 @@ def test_fixed_inflation_scan_writes_only_a_better_value(tmp_path):
     meta = ckpt.read_meta(w)
     assert meta["fixed_inflation_tuned"]["from"] == 1.3 and meta["fixed_inflation_tuned"]["to"] == good
     assert meta["evaluation"]["tune"]["rrmse_mean"] == scores[good]
+
+
+def test_start_comparison_keeps_apart_weights_at_the_same_step(tmp_path):
+    """scripts/compare_starts.py keys its rows by the weights' file as well as their step: a neighbouring N's
+    fine-tune and the N = 10 weights can share a step, and the second must be measured, not read from the first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_starts.py"
+    out = tmp_path / "starts.json"
+    random_weights = weights_file(tmp_path / "random.pt", warm=False, seed=0)
+    warm_weights = weights_file(tmp_path / "warm.pt", warm=True, seed=0)  # same step (7) as the first
+
+    def best(weights):
+        run = subprocess.run([sys.executable, str(script), "--system", "l96", "--sigma-y", "1.0", "--N", "10",
+                              "--weights", str(weights), "--trajectories", "2", "--cycles", "30", "--out", str(out),
+                              "--best"], check=True, capture_output=True, text=True)
+        return run.stdout.strip()
+
+    best(random_weights)
+    assert best(warm_weights) in ("none", "prior", "enkf")
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["weights_file"], r["start"]) for r in rows) == sorted(
+        (f, s) for f in ("random.pt", "warm.pt") for s in ("none", "prior", "enkf"))
+    none = {r["weights_file"]: r["rrmse_mean"] for r in rows if r["start"] == "none"}
+    assert none["warm.pt"] < none["random.pt"]  # the warm start is the tuned EnKF; the random heads are not
+    best(warm_weights)  # a rerun measures nothing new
+    assert len(json.loads(out.read_text())["rows"]) == 6
