@@ -192,6 +192,31 @@ def test_resume_refuses_another_gradient_window(tmp_path):
     train(TrainConfig(epochs=2, grad_window=2, **TINY), tmp_path / "a.pt", progress=False, resume=True)
 
 
+def test_resume_refuses_another_batch_or_learning_rate(tmp_path):
+    """Batch size and LR are part of what a trunk was trained with (the fine-tune rule derives them): a run whose
+    rule now gives others is refused, with the flag that resumes the trunk as it was; more epochs are allowed."""
+    train(TrainConfig(epochs=2, **TINY), tmp_path / "a.pt", progress=False, stop_after_batches=1)
+    batch = TINY.get("batch_size", TrainConfig.batch_size)
+    with pytest.raises(ckpt.CheckpointError, match=f"batch_size = {batch}.*--batch-size {batch}"):
+        train(TrainConfig(epochs=2, **{**TINY, "batch_size": batch * 2}), tmp_path / "a.pt", progress=False,
+              resume=True)
+    with pytest.raises(ckpt.CheckpointError, match="lr = "):
+        train(TrainConfig(epochs=2, **{**TINY, "lr": 0.123}), tmp_path / "a.pt", progress=False, resume=True)
+    train(TrainConfig(epochs=3, **TINY), tmp_path / "a.pt", progress=False, resume=True, stop_after_batches=1)
+
+
+def test_chained_finetune_takes_the_rule_from_the_pretraining(tmp_path):
+    """Fine-tuning a fine-tune (N = 40 -> 100) uses the same LR, batch and data size as fine-tuning the pretrained
+    weights: the rule is applied to the pretraining recipe, not again to the fine-tune's (which divided the LR by
+    10 and halved the windows at every link)."""
+    train(TrainConfig(epochs=1, **{**TINY, "trajectories": 32}), tmp_path / "pre.pt", progress=False)
+    first = finetune_config(tmp_path / "pre.pt", N=9, epochs=1)
+    train(first, tmp_path / "ft.pt", progress=False)
+    chained = finetune_config(tmp_path / "ft.pt", N=9, epochs=1)
+    assert (chained.lr, chained.batch_size, chained.trajectories) == (first.lr, first.batch_size, first.trajectories)
+    assert chained.finetune_from.endswith("ft.pt") and first.trajectories == 16
+
+
 # -- schedules ---------------------------------------------------------------------------------------------
 def test_lr_schedules():
     c = TrainConfig(epochs=10, **{**TINY, "lr_milestones": (0.2, 0.3, 0.4)}, lr=1.0)  # 2 steps per epoch

@@ -142,15 +142,16 @@ class _Trainer:
             state = ckpt.load(out, system=cfg.system, map_location=self.dev)
             meta = ckpt.read_meta(out)
             started_from = meta.get("pretrained_sha256")
-            for key in ("grad_window", "train_set_transformer"):  # another would silently change what is trained
-                asked = getattr(cfg, key)
-                trained = (meta.get("recipe") or {}).get(key, asked)  # older trunks do not record it: accepted
-                if trained != asked:
-                    raise ckpt.CheckpointError(f"cannot resume {out}: it was trained with {key} = {trained}, this run "
-                                               f"asks for {asked} (pass {flag_of(key)} {str(trained).lower()})")
             if cfg.finetune_from and started_from not in (None, self.extra["pretrained_sha256"]):
                 raise ckpt.CheckpointError(f"cannot resume the fine-tune {out}: it started from other weights than "
                                            f"{cfg.finetune_from} holds now; delete it to fine-tune the new weights")
+            # Another value would silently change what is trained, or on what data (epochs may grow: an extension).
+            for key in ("grad_window", "train_set_transformer", "batch_size", "lr", "trajectories", "cycles", "seed"):
+                asked = getattr(cfg, key)
+                trained = (meta.get("recipe") or {}).get(key, asked)  # older trunks do not record it: accepted
+                if trained != asked and not (key == "lr" and math.isclose(trained, asked, rel_tol=1e-9)):
+                    raise ckpt.CheckpointError(f"cannot resume {out}: it was trained with {key} = {trained}, this run "
+                                               f"asks for {asked} (pass {flag_of(key)} {str(trained).lower()})")
             try:
                 self.model.load_state_dict(state["model"])
                 self.opt.load_state_dict(state["optimizer"])

@@ -161,11 +161,21 @@ def load_pretrained(path, system: str | None = None) -> tuple[dict, dict]:
     return data, meta
 
 
+def pretraining_recipe(meta: dict) -> dict:
+    """The recipe of the pretraining that weights descend from. A fine-tune's sidecar nests the sidecar of
+    the weights it started from (pretrained_meta), so a chained fine-tune (N = 40 -> 100) walks back to it."""
+    while meta.get("stage") == "finetune" and isinstance(meta.get("pretrained_meta"), dict):
+        meta = meta["pretrained_meta"]
+    return meta.get("recipe", {})
+
+
 def finetune_config(pretrained: str | Path, N: int, **overrides) -> TrainConfig:
     """Fine-tuning recipe of §4.4 / App. C.4 from a pretrained checkpoint: half the trajectories, LR/10,
-    20 epochs; batch halved for N ≥ 40 and quartered for N ≥ 100 (authors' code, memory)."""
+    20 epochs; batch halved for N ≥ 40 and quartered for N ≥ 100 (authors' code, memory). All of it is
+    taken from the *pretraining* recipe, also when `pretrained` is itself a fine-tune: applied to a
+    fine-tune's own recipe the rule would divide LR and batch again at every link of a chain."""
     data, meta = load_pretrained(pretrained)
-    base = meta.get("recipe", {})
+    base = pretraining_recipe(meta)
     if not isinstance(base, dict):
         raise ckpt.CheckpointError(f"MNMEF sidecar {ckpt.sidecar_path(pretrained)}: 'recipe' is not a mapping")
     system = data["system"]
