@@ -83,15 +83,14 @@ def main() -> None:
     done = {key_of(r) for r in doc["rows"]}
     for N in (int(n) for n in a.N.split(",")):
         for name, model in starts(weights, N):
-            key = (name, N, weights.name, header["weights"]["step"])
-            if key in done:
+            which = {"start": name, "N": N, "weights_file": weights.name, "weights_step": header["weights"]["step"]}
+            if key_of(which) in done:
                 continue
             t0 = time.time()
             with torch.inference_mode():
                 row = evaluate_model(model.eval(), N, trajectories=a.trajectories, cycles=a.cycles, purpose="tune")
             # Re-read under the lock: two fine-tunes comparing their starts side by side share this file.
-            doc = update_json(out, adding({"start": name, "N": N, "weights_file": weights.name,
-                                                "weights_step": key[3], **row}, header), empty)
+            doc = update_json(out, adding({**which, **row}, header), empty)
             print(f"N={N:>3} {name:>6}: R-RMSE {row['rrmse_mean']:.4f} ± {row['rrmse_std']:.4f} "
                   f"(diverged {row['diverged']}, {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     if a.best:
