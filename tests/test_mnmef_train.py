@@ -215,6 +215,10 @@ def test_chained_finetune_takes_the_rule_from_the_pretraining(tmp_path):
     chained = finetune_config(tmp_path / "ft.pt", N=9, epochs=1)
     assert (chained.lr, chained.batch_size, chained.trajectories) == (first.lr, first.batch_size, first.trajectories)
     assert chained.finetune_from.endswith("ft.pt") and first.trajectories == 16
+    meta = train(chained, tmp_path / "chain.pt", progress=False)
+    assert meta["pretrained_meta"]["pretrained_meta"]["recipe"]["lr"] == first.lr * 10  # ancestry walked back
+    assert "loss_history" in meta and "loss_history" not in meta["pretrained_meta"]  # nor copied down the chain
+    assert "loss_history" not in meta["pretrained_meta"]["pretrained_meta"]
 
 
 # -- schedules ---------------------------------------------------------------------------------------------

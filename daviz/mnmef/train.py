@@ -58,10 +58,19 @@ def _initial_model(cfg: TrainConfig) -> tuple[MNMEF, dict]:
         for q in model.set_transformer.parameters():
             q.requires_grad_(cfg.train_set_transformer)
         cfg.model = model.config.to_dict()
-        return model, {"pretrained_from": str(cfg.finetune_from), "pretrained_meta": meta,
+        return model, {"pretrained_from": str(cfg.finetune_from), "pretrained_meta": _ancestry(meta),
                        "pretrained_sha256": hashlib.sha256(Path(cfg.finetune_from).read_bytes()).hexdigest()}
     torch.manual_seed(cfg.seed)  # weight init
     return MNMEF(get_system(cfg.system), cfg.sigma_y, ModelConfig(**cfg.model)), {}
+
+
+def _ancestry(meta: dict) -> dict:
+    """The sidecar of the weights a fine-tune starts from, nested in its own, without the loss histories: those
+    stay in each ancestor's own sidecar, and copying them made every link of a chain carry all earlier ones."""
+    slim = {k: v for k, v in meta.items() if k != "loss_history"}
+    if isinstance(slim.get("pretrained_meta"), dict):
+        slim["pretrained_meta"] = _ancestry(slim["pretrained_meta"])
+    return slim
 
 
 def export_payload(model: MNMEF, cfg: TrainConfig) -> dict:
