@@ -184,6 +184,19 @@ def test_finetune_does_not_resume_onto_replaced_pretrained_weights(tmp_path):
         train(finetune_config(tmp_path / "pre.pt", **cfg), tmp_path / "ft.pt", progress=False, resume=True)
 
 
+def test_resumed_finetune_keeps_the_record_of_its_start(tmp_path):
+    """A resumed trunk continues from its own weights whatever start is asked (train_cpu.sh asks "enkf"), so its
+    sidecar keeps the start it really had; it used to record the start asked at the last resume."""
+    train(TrainConfig(epochs=1, **TINY), tmp_path / "pre.pt", progress=False)
+    cfg = dict(N=9, epochs=2)
+    first = train(finetune_config(tmp_path / "pre.pt", warm_start="prior", **cfg), tmp_path / "ft.pt",
+                  progress=False, stop_after_batches=1)
+    resumed = train(finetune_config(tmp_path / "pre.pt", warm_start="enkf", **cfg), tmp_path / "ft.pt",
+                    progress=False, resume=True)
+    assert first["warm_start"]["kind"] == "prior" and resumed["progress"]["step"] > first["progress"]["step"]
+    assert resumed["warm_start"] == first["warm_start"] and resumed["recipe"]["warm_start"] == "prior"
+
+
 def test_resume_refuses_another_gradient_window(tmp_path):
     """The gradient window is part of what a trunk was trained on: resuming with another one is refused."""
     train(TrainConfig(epochs=2, grad_window=2, **TINY), tmp_path / "a.pt", progress=False, stop_after_batches=1)

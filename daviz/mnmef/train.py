@@ -161,6 +161,11 @@ class _Trainer:
                 if trained != asked and not (key == "lr" and math.isclose(trained, asked, rel_tol=1e-9)):
                     raise ckpt.CheckpointError(f"cannot resume {out}: it was trained with {key} = {trained}, this run "
                                                f"asks for {asked} (pass {flag_of(key)} {str(trained).lower()})")
+            # The trunk's weights replace the start built above, so the start it recorded is the one it had.
+            cfg.warm_start = (meta.get("recipe") or {}).get("warm_start", cfg.warm_start)
+            self.extra.pop("warm_start", None)
+            if "warm_start" in meta:
+                self.extra["warm_start"] = meta["warm_start"]
             try:
                 self.model.load_state_dict(state["model"])
                 self.opt.load_state_dict(state["optimizer"])
