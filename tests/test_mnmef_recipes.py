@@ -130,6 +130,25 @@ def test_recipe_values_reach_the_config_and_flags_override_them(tmp_path):
     assert cfg.epochs == 5 and cfg.batch_size == get_system("l96").train_batch and cfg.model["cov_divisor"] == "N"
 
 
+def test_resume_takes_what_the_trunk_was_trained_with(tmp_path):
+    """A trunk trained before the fine-tune rule changed resumes with the command that started it: its recorded
+    batch, LR and data size win over the rule and the recipe file; a flag given still wins (the trainer then
+    refuses it if it differs); without --resume, or without a trunk, the rule applies."""
+    shipped = str(ROOT / "pretrained" / "l96_sigma1.0_N10.pt")
+    trunk = tmp_path / "ft.pt"
+    argv = ["finetune", "--recipe", "cpu-finetune", "--from", shipped, "--N", "100", "--out", str(trunk)]
+    rule = config(argv)
+    trunk.write_bytes(b"weights")
+    trunk.with_suffix(".json").write_text(json.dumps({"recipe": {"batch_size": 8, "lr": 1e-5, "trajectories": 2048,
+                                                                 "epochs": 20, "schedule": "cosine"}}))
+    assert (rule.batch_size, rule.lr, rule.trajectories) != (8, 1e-5, 2048)
+    resumed = config(argv + ["--resume"])
+    assert (resumed.batch_size, resumed.lr, resumed.trajectories) == (8, 1e-5, 2048)
+    assert (resumed.epochs, resumed.schedule) == (rule.epochs, rule.schedule)  # only what TRUNK_RECIPE names
+    assert config(argv + ["--resume", "--batch-size", "4"]).batch_size == 4
+    assert config(argv).batch_size == rule.batch_size
+
+
 @pytest.mark.parametrize("name,text,message", [
     ("r.toml", 'epochs = 3\nfoo = 1\n', "unknown key 'foo' for daviz train (known: system, sigma_y, N,"),
     ("r.toml", 'epochs = 3\n[model]\nwidth = 8\n', "unknown key model.width"),

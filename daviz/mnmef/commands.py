@@ -17,7 +17,8 @@ import torch
 
 from .model import ModelConfig
 from .step import MODES
-from .train import train
+from . import checkpoint as ckpt
+from .train import TRUNK_RECIPE, train
 from .train_config import TrainConfig, finetune_config, flag_of
 from .train_schedule import branch_path
 
@@ -205,12 +206,26 @@ def config_settings(a, command: str) -> dict:
     return kw
 
 
+def as_trunk_recorded(a, kw: dict) -> dict:
+    """With --resume and an existing --out, what the trunk was trained with wins over the recipe file and the
+    fine-tune rule (which may have changed since), so a trunk resumes with the command that started it; a flag
+    given on the command line still wins, and the trainer refuses it if it differs from the trunk's."""
+    if not (a.resume and Path(a.out).is_file()):
+        return kw
+    try:
+        recorded = ckpt.read_meta(a.out).get("recipe") or {}
+    except ckpt.CheckpointError:
+        return kw  # the trainer reports the broken trunk
+    taken = {k: recorded[k] for k in TRUNK_RECIPE if k in recorded and getattr(a, k, None) is None}
+    return {**kw, **taken}
+
+
 def build_config(a) -> TrainConfig:
     """The TrainConfig of a parsed `train` / `finetune` command line (nothing trained)."""
     if a.command == "finetune":
-        kw = config_settings(a, "finetune")
+        kw = as_trunk_recorded(a, config_settings(a, "finetune"))
         return finetune_config(getattr(a, "from"), kw.pop("N"), **kw)
-    kw = config_settings(a, "train")
+    kw = as_trunk_recorded(a, config_settings(a, "train"))
     if kw["model"]["feature_dim"] < 1:
         raise ValueError(f"--feature-dim must be >= 1, got {kw['model']['feature_dim']}")
     return TrainConfig(**kw)
@@ -226,7 +241,7 @@ def _runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-every", type=int, help="read the loss back every this many steps (default: 1 on CPU, 50 on CUDA)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", required=True, help="training checkpoint to write (a .json sidecar goes beside it)")
-    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists, with the batch, LR, data and gradient window it was trained with")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:0, ...")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--no-progress", action="store_true")

@@ -39,6 +39,11 @@ class TrainingError(ValueError):
     A ValueError, so `daviz` prints it as one line and exits non-zero."""
 
 
+# What a trunk was trained with and on: resuming continues with these (the CLI takes them from the trunk unless
+# a flag is given) and refuses others.
+TRUNK_RECIPE = ("grad_window", "train_set_transformer", "batch_size", "lr", "trajectories", "cycles", "seed")
+
+
 def init_model(cfg: TrainConfig) -> tuple[MNMEF, dict]:
     """Fresh model, or the pretrained one (set transformer frozen by default) when fine-tuning; then the warm start:
     "enkf" makes it the tuned localized EnKF at N (heads zeroed), "prior" swaps in only N's prior and inflation."""
@@ -155,7 +160,7 @@ class _Trainer:
                 raise ckpt.CheckpointError(f"cannot resume the fine-tune {out}: it started from other weights than "
                                            f"{cfg.finetune_from} holds now; delete it to fine-tune the new weights")
             # Another value would silently change what is trained, or on what data (epochs may grow: an extension).
-            for key in ("grad_window", "train_set_transformer", "batch_size", "lr", "trajectories", "cycles", "seed"):
+            for key in TRUNK_RECIPE:
                 asked = getattr(cfg, key)
                 trained = (meta.get("recipe") or {}).get(key, asked)  # older trunks do not record it: accepted
                 if trained != asked and not (key == "lr" and math.isclose(trained, asked, rel_tol=1e-9)):
