@@ -241,7 +241,8 @@ def _runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-every", type=int, help="read the loss back every this many steps (default: 1 on CPU, 50 on CUDA)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", required=True, help="training checkpoint to write (a .json sidecar goes beside it)")
-    p.add_argument("--resume", action="store_true", help="continue from --out if it exists, with the batch, LR, data and gradient window it was trained with")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --out if it exists, with the batch, LR, data and gradient window it was trained with")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:0, ...")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--no-progress", action="store_true")
